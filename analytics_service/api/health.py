@@ -1,0 +1,39 @@
+"""Welcome, liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .deps import MetricsDep, StoreDep
+
+router = APIRouter()
+
+
+@router.get("/")
+async def root() -> dict[str, str]:
+    """Greet and point at the API docs."""
+    return {"message": "Welcome to the DACA Analytics Service! Access /docs for the API documentation."}
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "The database does not answer"}})
+async def readyz(store: StoreDep) -> JSONResponse:
+    """Readiness: the database answers a query."""
+    try:
+        await store.ping()
+    except Exception as error:  # any database failure means "not ready", never a 500
+        return JSONResponse({"status": "unavailable", "database": type(error).__name__}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(registry: MetricsDep) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,58 @@
+"""The analytics service: `uvicorn analytics_service.main:app --port 8001`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
+
+from servicekit.errors import install_error_handlers
+from servicekit.logging import configure_logging
+from servicekit.middleware import RequestContextMiddleware
+
+from .api import analytics, health
+from .api.deps import State
+from .core.config import Settings
+from .core.metrics import AnalyticsMetrics
+from .seed import load_demo_data
+from .storage import open_store
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the database opens in the lifespan, not here."""
+    settings = settings or Settings()
+    metrics = AnalyticsMetrics(CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        configure_logging(level=settings.log_level, fmt=settings.log_format)
+        store = open_store(settings.database_url, pool_size=settings.postgres_pool_size)
+        await store.start()
+        if settings.seed_demo_data:
+            await load_demo_data(store)
+        try:
+            yield {"settings": settings, "store": store, "metrics": metrics}
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="DACA Analytics Service",
+        description="Counts the messages each user has sent, durably and idempotently.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials="*" not in settings.cors_origins,
+        allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(analytics.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,58 @@
+"""Request and response bodies of the analytics API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+
+
+def _not_dots(value: str) -> str:
+    if value in (".", ".."):
+        raise ValueError("user id cannot be '.' or '..'")
+    return value
+
+
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN), AfterValidator(_not_dots)]
+MessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+
+
+class Analytics(BaseModel):
+    message_count: int
+
+
+class RecordMessage(BaseModel):
+    """One message to count; `message_id` is an idempotency key per user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: MessageId
+    timestamp: AwareDatetime
+
+
+class BatchItem(RecordMessage):
+    user_id: UserId
+
+
+class RecordBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[BatchItem] = Field(min_length=1)
+
+
+class Recorded(BaseModel):
+    user_id: str
+    message_id: str
+    message_count: int
+    duplicate: bool
+
+
+class BatchResult(BaseModel):
+    results: list[Recorded]
+
+
+def as_utc_text(moment: datetime) -> str:
+    return moment.isoformat()

@@ -1,0 +1,105 @@
+"""SQLite in WAL mode, driven from one thread so the event loop never blocks on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .base import RecordResult, StoreRecord
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    user_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_counts (
+    user_id TEXT PRIMARY KEY,
+    message_count INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class SqliteStore:
+    """One connection owned by one worker thread: writes are serialized, none is lost.
+
+    Several processes may share the file: BEGIN IMMEDIATE takes the write lock up front and
+    busy_timeout waits for it, so concurrent increments never interleave.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "store not started"
+            return fn(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def start(self) -> None:
+        def open_db() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(SCHEMA)
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(lambda db: db.close())
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def count(self, user_id: str) -> int | None:
+        def read(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT message_count FROM user_counts WHERE user_id = ?", (user_id,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(read)
+
+    async def record(self, records: Sequence[StoreRecord]) -> list[RecordResult]:
+        return await self._run(lambda db: _record_all(db, records))
+
+
+def _record_all(db: sqlite3.Connection, records: Sequence[StoreRecord]) -> list[RecordResult]:
+    results: list[RecordResult] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for record in records:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO messages (user_id, message_id, recorded_at) VALUES (?, ?, ?)", record
+            ).rowcount
+            if inserted:
+                row = db.execute(
+                    "INSERT INTO user_counts (user_id, message_count) VALUES (?, 1) "
+                    "ON CONFLICT (user_id) DO UPDATE SET message_count = message_count + 1 "
+                    "RETURNING message_count",
+                    (record.user_id,),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT message_count FROM user_counts WHERE user_id = ?", (record.user_id,)
+                ).fetchone()
+            results.append(RecordResult(int(row[0]), duplicate=not inserted))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return results

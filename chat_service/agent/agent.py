@@ -1,0 +1,32 @@
+"""The shared agent, built once; each request runs its own personalized copy."""
+
+from __future__ import annotations
+
+from agents import Agent, Model, function_tool
+
+from .tools import ChatContext, get_current_time, get_user_analytics
+
+BASE_INSTRUCTIONS = (
+    "You are a helpful chatbot. Respond to user messages in a friendly and informative way. "
+    "If the user asks for the time, use the get_current_time tool. "
+    "If the user asks about their messages or analytics, use the get_user_analytics tool."
+)
+
+
+def build_agent(model: Model) -> Agent[ChatContext]:
+    return Agent[ChatContext](
+        name="ChatAgent",
+        instructions=BASE_INSTRUCTIONS,
+        model=model,
+        tools=[function_tool(get_current_time), function_tool(get_user_analytics)],
+    )
+
+
+def personalized(agent: Agent[ChatContext], message_count: int) -> Agent[ChatContext]:
+    """A copy carrying this user's count; the shared agent (and its tools list) stays untouched."""
+    return agent.clone(
+        instructions=(
+            f"{BASE_INSTRUCTIONS} The user has sent {message_count} messages so far, "
+            "so personalize your response accordingly."
+        )
+    )

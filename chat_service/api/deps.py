@@ -1,0 +1,70 @@
+"""Typed access to what the lifespan created, for route signatures."""
+
+from __future__ import annotations
+
+from typing import Annotated, TypedDict
+
+from agents import Agent
+from fastapi import Depends, Request
+
+from ..agent.llm import LLM
+from ..agent.tools import ChatContext
+from ..analytics_client import AnalyticsClient
+from ..core.config import Settings
+from ..core.metrics import ChatMetrics
+from ..delivery import Deliverer
+from ..outbox import Outbox
+from ..rate_limit import RateLimiter
+
+
+class State(TypedDict):
+    settings: Settings
+    metrics: ChatMetrics
+    analytics: AnalyticsClient
+    agent: Agent[ChatContext]
+    llm: LLM
+    outbox: Outbox
+    deliverer: Deliverer
+    rate_limiter: RateLimiter | None
+
+
+def get_settings(request: Request) -> Settings:
+    return request.state.settings  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> ChatMetrics:
+    return request.state.metrics  # type: ignore[no-any-return]
+
+
+def get_analytics(request: Request) -> AnalyticsClient:
+    return request.state.analytics  # type: ignore[no-any-return]
+
+
+def get_agent(request: Request) -> Agent[ChatContext]:
+    return request.state.agent  # type: ignore[no-any-return]
+
+
+def get_llm(request: Request) -> LLM:
+    return request.state.llm  # type: ignore[no-any-return]
+
+
+def get_outbox(request: Request) -> Outbox:
+    return request.state.outbox  # type: ignore[no-any-return]
+
+
+def get_deliverer(request: Request) -> Deliverer:
+    return request.state.deliverer  # type: ignore[no-any-return]
+
+
+def get_rate_limiter(request: Request) -> RateLimiter | None:
+    return request.state.rate_limiter  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
+AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
+AgentDep = Annotated[Agent[ChatContext], Depends(get_agent)]
+LLMDep = Annotated[LLM, Depends(get_llm)]
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
+RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]

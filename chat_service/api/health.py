@@ -1,0 +1,61 @@
+"""Welcome, liveness, readiness, dependencies and metrics."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+
+router = APIRouter()
+
+
+@router.get("/")
+async def root() -> dict[str, str]:
+    """Greet and point at the API docs."""
+    return {"message": "Welcome to the DACA Chat Service! Access /docs for the API documentation."}
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "The local outbox cannot be used"}})
+async def readyz(outbox: OutboxDep) -> JSONResponse:
+    """Readiness: the local outbox works. Analytics is not checked: chat has a fallback for it."""
+    try:
+        outbox.depth()
+    except sqlite3.Error as error:
+        return JSONResponse({"status": "unavailable", "outbox": type(error).__name__}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/health/dependencies")
+async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
+    """Show analytics' breaker states, the outbox depth and the LLM provider."""
+    pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
+    return {
+        "analytics": {
+            name: {
+                "breaker": p.breaker.state,
+                "consecutive_failures": p.breaker.consecutive_failures,
+                "in_flight": p.bulkhead.in_flight,
+                "retry_tokens": round(p.budget.tokens, 2),
+            }
+            for name, p in pipelines.items()
+        },
+        "outbox": {"depth": outbox.exact_depth(), "delivered": deliverer.delivered},
+        "llm": {"provider": llm.provider},
+    }
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
+    """Prometheus metrics."""
+    registry.outbox_depth.set(outbox.depth())
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

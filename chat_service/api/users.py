@@ -1,0 +1,30 @@
+"""User look-ups: the tutorial's /users/{user_id} and its exercise 1, the analytics view."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from ..models import UserAnalytics, UserId, UserInfo
+from .deps import AnalyticsDep, MetricsDep
+
+router = APIRouter()
+
+Role = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
+@router.get("/users/{user_id}", response_model=UserInfo)
+async def get_user(user_id: Annotated[UserId, Path()], role: Role = None) -> UserInfo:
+    """Return the user's id and role (guest when none is given)."""
+    return UserInfo(user_id=user_id, role=role or "guest")
+
+
+@router.get("/users/{user_id}/analytics", response_model=UserAnalytics)
+async def get_user_analytics(
+    user_id: Annotated[UserId, Path()], analytics: AnalyticsDep, metrics: MetricsDep
+) -> UserAnalytics:
+    """Return the user's message count as chat sees it, with its source."""
+    count = await analytics.message_count(user_id)
+    metrics.analytics_calls.labels("read", count.fallback or "ok").inc()
+    return UserAnalytics(user_id=user_id, message_count=count.value, source=count.fallback or "analytics")

@@ -1,0 +1,95 @@
+"""The chat service: `uvicorn chat_service.main:app --port 8000`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
+
+from resilience import Pipeline, classify_httpx, log_event
+from servicekit.errors import install_error_handlers
+from servicekit.logging import configure_logging, get_logger
+from servicekit.middleware import RequestContextMiddleware
+
+from .agent.agent import build_agent
+from .agent.llm import build_llm
+from .analytics_client import AnalyticsClient
+from .api import chat, health, users
+from .api.deps import State
+from .core.config import Settings
+from .core.metrics import ChatMetrics
+from .delivery import Deliverer
+from .outbox import Outbox
+from .rate_limit import build_rate_limiter
+
+
+def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """Build the app; clients, the outbox and the agent are created in the lifespan.
+
+    `transport` replaces the network under the analytics client (tests pass a MockTransport).
+    """
+    settings = settings or Settings()
+    metrics = ChatMetrics(CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        configure_logging(level=settings.log_level, fmt=settings.log_format)
+        log = get_logger("lifespan")
+        hooks = (log_event, metrics.on_resilience_event)
+        http = httpx.AsyncClient(
+            base_url=settings.analytics_url,
+            transport=transport,
+            limits=httpx.Limits(max_connections=settings.analytics_max_connections, max_keepalive_connections=50),
+            timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
+        )
+        analytics = AnalyticsClient(
+            http,
+            read=Pipeline("analytics-read", settings.analytics_read.to_policy(), on=classify_httpx, hooks=hooks),
+            record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
+            token=settings.analytics_api_token,
+        )
+        outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows)
+        outbox.open()
+        deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
+        deliverer.start()
+        llm = build_llm(settings)
+        limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
+        log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
+        try:
+            yield {
+                "settings": settings, "metrics": metrics, "analytics": analytics, "agent": build_agent(llm.model),
+                "llm": llm, "outbox": outbox, "deliverer": deliverer, "rate_limiter": limiter,
+            }
+        finally:
+            # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
+            await deliverer.flush(settings.shutdown_flush_seconds)
+            await http.aclose()
+            await llm.close()
+            if limiter is not None:
+                await limiter.close()
+            outbox.close()
+            log.info("chat_stopped")
+
+    app = FastAPI(
+        title="DACA Chat Service",
+        description="Chat with an agent that knows how many messages you have sent, whatever analytics does.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials="*" not in settings.cors_origins,
+        allow_methods=["GET", "POST"], allow_headers=["Content-Type", "X-Request-ID"],
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(users.router)
+    app.include_router(chat.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,68 @@
+"""Request and response bodies of the chat API (the tutorial's models, hardened)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+MAX_TEXT_CHARS = 100_000  # a hard ceiling; CHAT_MAX_TEXT_CHARS sets the working cap below it
+
+
+def _not_dots(value: str) -> str:
+    if value in (".", ".."):
+        raise ValueError("user id cannot be '.' or '..'")
+    return value
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # A naive timestamp is read as UTC; every timestamp leaves as timezone-aware UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN), AfterValidator(_not_dots)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: UtcDatetime = Field(default_factory=_utc_now)
+    session_id: SessionId = Field(default_factory=lambda: str(uuid.uuid4()))
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+    metadata: Metadata = Field(default_factory=Metadata)
+    tags: Annotated[list[Tag], Field(max_length=16)] | None = None
+
+
+class Response(BaseModel):
+    user_id: str
+    reply: str
+    metadata: Metadata
+
+
+class UserInfo(BaseModel):
+    user_id: str
+    role: str
+
+
+class UserAnalytics(BaseModel):
+    """A user's count as chat sees it; `source` says whether analytics answered."""
+
+    user_id: str
+    message_count: int
+    source: str = Field(description="'analytics', or the fallback reason when analytics did not answer")

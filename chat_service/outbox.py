@@ -1,0 +1,95 @@
+"""A durable outbox: records wait on local disk until analytics acknowledges them.
+
+Appends happen in the request path, before the reply is sent, so a 200 always means the record
+is on disk. Several worker processes may share the file: a deliverer claims rows for a while
+before sending them, and a crashed worker's claims simply expire.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .analytics_client import RecordItem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    claimed_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_claims ON outbox (claimed_until, id);
+"""
+
+
+class OutboxFull(Exception):
+    """The outbox holds its maximum; the chat must not answer 200 for a record it cannot keep."""
+
+
+class Outbox:
+    """SQLite in WAL mode; each append is one short autocommit insert (tens of microseconds)."""
+
+    def __init__(self, path: str, *, max_rows: int, claim_seconds: float = 30.0) -> None:
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.claim_seconds = claim_seconds
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "outbox not open"
+        return self._db
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 2000")
+        db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL: a commit survives the process being killed (SIGKILL); only an OS crash can
+        # lose the last commits. FULL would fsync every chat.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def depth(self) -> int:
+        """Records not yet acknowledged by analytics (an upper bound; exact with one process)."""
+        low, high = self.db.execute("SELECT min(id), max(id) FROM outbox").fetchone()
+        return 0 if low is None else int(high - low + 1)
+
+    def exact_depth(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def append(self, item: RecordItem) -> None:
+        if self.depth() >= self.max_rows and self.exact_depth() >= self.max_rows:
+            raise OutboxFull
+        self.db.execute(
+            "INSERT INTO outbox (user_id, message_id, timestamp) VALUES (?, ?, ?)",
+            (item.user_id, item.message_id, item.timestamp),
+        )
+
+    def claim(self, limit: int) -> list[tuple[int, RecordItem]]:
+        """Take up to `limit` of the oldest unclaimed records for delivery."""
+        now = time.time()
+        rows = self.db.execute(
+            "UPDATE outbox SET claimed_until = ? WHERE id IN "
+            "(SELECT id FROM outbox WHERE claimed_until < ? ORDER BY id LIMIT ?) "
+            "RETURNING id, user_id, message_id, timestamp",
+            (now + self.claim_seconds, now, limit),
+        ).fetchall()
+        rows.sort()
+        return [(row[0], RecordItem(row[1], row[2], row[3])) for row in rows]
+
+    def acknowledge(self, ids: Sequence[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def release(self, ids: Sequence[int]) -> None:
+        self.db.executemany("UPDATE outbox SET claimed_until = 0 WHERE id = ?", [(i,) for i in ids])

@@ -1,0 +1,1 @@
+"""Plumbing both services share: logging, request ids, access lines, metrics, error bodies."""

@@ -1,0 +1,32 @@
+"""Exception handlers that keep every error a JSON body and never show a stack trace."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .logging import get_logger
+
+
+def _safe_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    # Echoing the input back can reflect secrets or megabytes: keep location, message and type.
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """422 for bad input, the HTTPException's own body, and a plain JSON 500 for bugs."""
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _safe_errors(exc)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        get_logger("errors").exception("unhandled_error", error=type(exc).__name__)
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)

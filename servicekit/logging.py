@@ -1,0 +1,65 @@
+"""structlog set-up: JSON lines on stdout, or pretty lines on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["auto", "json", "console"]
+
+_SECRET_KEYS = frozenset({"authorization", "api_key", "token", "openai_api_key", "password"})
+
+
+def _redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "[redacted]"
+    return event
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A structlog logger whose lines carry `logger=name`."""
+    # Lazy: a logger made at import time must still follow configure_logging() later.
+    return structlog.get_logger(logger=name)  # type: ignore[no-any-return]
+
+
+def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
+    """Configure structlog and route stdlib logging (uvicorn's too) through the same renderer.
+
+    Called from each app's lifespan, so importing a service never touches global logging.
+    """
+    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Our middleware writes one access line per request; uvicorn's own would double it.
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per analytics call is noise
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
