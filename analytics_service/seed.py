@@ -15,11 +15,13 @@ DEMO_TIMESTAMP = "2025-04-06T12:00:00+00:00"
 
 
 async def load_demo_data(store: Store) -> None:
-    await store.record([
-        StoreRecord(user, f"demo-{user}-{n}", DEMO_TIMESTAMP)
-        for user, count in DEMO_COUNTS.items()
-        for n in range(1, count + 1)
-    ])
+    await store.record(
+        [
+            StoreRecord(user, f"demo-{user}-{n}", DEMO_TIMESTAMP)
+            for user, count in DEMO_COUNTS.items()
+            for n in range(1, count + 1)
+        ]
+    )
 
 
 async def _main() -> None:

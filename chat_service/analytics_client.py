@@ -43,9 +43,7 @@ class RecordItem:
 class AnalyticsClient:
     """Reads counts and records messages; never raises for analytics' failures."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, *, read: Pipeline, record: Pipeline, token: SecretStr | None = None
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, read: Pipeline, record: Pipeline, token: SecretStr | None = None) -> None:
         self._http = http
         self.read_pipeline = read
         self.record_pipeline = record
@@ -74,7 +72,7 @@ class AnalyticsClient:
         except (ValueError, KeyError, TypeError):
             count = None
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            structlog.get_logger(logger="analytics").warning("analytics_invalid_response", status=200)
+            structlog.get_logger(component="analytics").warning("analytics_invalid_response", status=200)
             return Count(0, "invalid_response")
         return Count(count)
 
@@ -83,9 +81,9 @@ class AnalyticsClient:
         body = json.dumps({"items": [item.as_json() for item in items]}).encode()
         key = items[0].message_id if len(items) == 1 else f"batch-{items[0].message_id}-{len(items)}"
         request = self._http.build_request(
-            "POST", "/messages/batch", content=body,
+            "POST",
+            "/messages/batch",
+            content=body,
             headers=self._headers({"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}),
         )
         return await send(self.record_pipeline, self._http, request)
-
-

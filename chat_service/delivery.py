@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 from resilience import Ok
-
 from servicekit.logging import get_logger
 
 from .analytics_client import AnalyticsClient
@@ -19,8 +18,14 @@ class Deliverer:
     """Wakes on each append (or every `poll` seconds), sends what is waiting, backs off on failure."""
 
     def __init__(
-        self, outbox: Outbox, client: AnalyticsClient, *, batch: int, linger: float,
-        poll: float = 1.0, max_backoff: float = 2.0,
+        self,
+        outbox: Outbox,
+        client: AnalyticsClient,
+        *,
+        batch: int,
+        linger: float,
+        poll: float = 1.0,
+        max_backoff: float = 2.0,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -46,11 +51,11 @@ class Deliverer:
                 await self._task
             self._task = None
 
-    async def flush(self, timeout: float) -> int:
-        """Deliver until the outbox is empty, analytics refuses, or `timeout` passes."""
+    async def flush(self, seconds: float) -> int:
+        """Deliver until the outbox is empty, analytics refuses, or `seconds` pass."""
         await self.stop()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 while await self.deliver_once():
                     pass
         except TimeoutError:

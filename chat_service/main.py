@@ -61,8 +61,14 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
         try:
             yield {
-                "settings": settings, "metrics": metrics, "analytics": analytics, "agent": build_agent(llm.model),
-                "llm": llm, "outbox": outbox, "deliverer": deliverer, "rate_limiter": limiter,
+                "settings": settings,
+                "metrics": metrics,
+                "analytics": analytics,
+                "agent": build_agent(llm.model),
+                "llm": llm,
+                "outbox": outbox,
+                "deliverer": deliverer,
+                "rate_limiter": limiter,
             }
         finally:
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
@@ -81,8 +87,11 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         lifespan=lifespan,
     )
     app.add_middleware(
-        CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials="*" not in settings.cors_origins,
-        allow_methods=["GET", "POST"], allow_headers=["Content-Type", "X-Request-ID"],
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials="*" not in settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "X-Request-ID"],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)

@@ -9,6 +9,7 @@ counters, thresholds, storage and listeners keep the books.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Literal, TypeAlias
 
@@ -107,10 +108,8 @@ class CircuitBreaker:
     def record_failure(self, admission: Admission) -> None:
         """The attempt failed transiently (timeout, connect error, 5xx, 429)."""
         if self._counts(admission):
-            try:
+            with contextlib.suppress(_TransientFailure, pybreaker.CircuitBreakerError):
                 self._breaker.call(_fail)
-            except (_TransientFailure, pybreaker.CircuitBreakerError):
-                pass
 
     def release(self, admission: Admission) -> None:
         """The attempt ended without a verdict (cancelled): free the probe, count nothing."""

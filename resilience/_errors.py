@@ -1,10 +1,10 @@
 """The exceptions of `resilience`; callers normally see fallbacks as data, not these.
 
-    Exception
-     └── ResilienceError
-          ├── ConfigurationError   (also a ValueError: a policy that cannot work)
-          ├── FallbackError        (Outcome.unwrap() on a Fallback; carries .fallback)
-          └── InvalidResponseError (raise it from an attempt when a reply cannot be parsed)
+Exception
+ └── ResilienceError
+      ├── ConfigurationError   (also a ValueError: a policy that cannot work)
+      ├── FallbackError        (Outcome.unwrap() on a Fallback; carries .fallback)
+      └── InvalidResponseError (raise it from an attempt when a reply cannot be parsed)
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ Hook: TypeAlias = Callable[[Event], None]
 
 def log_event(event: Event) -> None:
     """The default hook: one structlog line per event (breaker changes at warning level)."""
-    logger = structlog.get_logger(logger="resilience")
+    logger = structlog.get_logger(component="resilience")
     level = "warning" if event.name.startswith("breaker_") else "info"
     if event.name in ("attempt_failed", "retry_scheduled"):
         level = "debug"

@@ -59,12 +59,17 @@ class Pipeline:
         self._hooks = tuple(hooks)
         self._rng = rng or random.Random()
         self.breaker = CircuitBreaker(
-            target, failures=policy.breaker_failures, reset=policy.breaker_reset,
-            clock=self._clock, emit=self._emit_event,
+            target,
+            failures=policy.breaker_failures,
+            reset=policy.breaker_reset,
+            clock=self._clock,
+            emit=self._emit_event,
         )
         self.budget = RetryBudget(
-            ratio=policy.budget_ratio, reserve=policy.budget_reserve,
-            refill_per_second=policy.budget_refill_per_second, clock=self._clock,
+            ratio=policy.budget_ratio,
+            reserve=policy.budget_reserve,
+            refill_per_second=policy.budget_refill_per_second,
+            clock=self._clock,
         )
         self.bulkhead = Bulkhead(policy.bulkhead)
 

@@ -21,9 +21,9 @@ def _redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A structlog logger whose lines carry `logger=name`."""
+    """A structlog logger whose lines carry `component=name`."""
     # Lazy: a logger made at import time must still follow configure_logging() later.
-    return structlog.get_logger(logger=name)  # type: ignore[no-any-return]
+    return structlog.get_logger(component=name)  # type: ignore[no-any-return]
 
 
 def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
@@ -38,9 +38,7 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
-    )
+    renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -12,10 +12,11 @@ class HttpMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "http_requests_total", "HTTP requests served", ["method", "route", "status"], registry=registry
-        )
+        self.requests = Counter("http_requests_total", "HTTP requests served", ["method", "route", "status"], registry=registry)
         self.latency = Histogram(
-            "http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, HTTPException, Path
 
 from ..models import Analytics, BatchResult, RecordBatch, Recorded, RecordMessage, UserId
@@ -9,6 +11,7 @@ from ..storage import StoreRecord
 from .deps import Authorized, MetricsDep, SettingsDep, StoreDep
 
 router = APIRouter(dependencies=[Authorized])
+UserPath = Annotated[UserId, Path()]
 
 NOT_FOUND = {404: {"description": "User not found", "content": {"application/json": {"example": {"detail": "User not found"}}}}}
 
@@ -20,7 +23,7 @@ def _count_outcomes(metrics: MetricsDep, results: list[Recorded]) -> None:
 
 
 @router.get("/analytics/{user_id}", response_model=Analytics, responses=NOT_FOUND)
-async def get_analytics(store: StoreDep, user_id: UserId = Path()) -> Analytics:
+async def get_analytics(store: StoreDep, user_id: UserPath) -> Analytics:
     """Return how many messages the user has sent."""
     count = await store.count(user_id)
     if count is None:
@@ -29,7 +32,7 @@ async def get_analytics(store: StoreDep, user_id: UserId = Path()) -> Analytics:
 
 
 @router.post("/analytics/{user_id}/messages", response_model=Analytics)
-async def record_message(store: StoreDep, metrics: MetricsDep, body: RecordMessage, user_id: UserId = Path()) -> Analytics:
+async def record_message(store: StoreDep, metrics: MetricsDep, body: RecordMessage, user_id: UserPath) -> Analytics:
     """Count one message; recording the same message_id again changes nothing."""
     [result] = await store.record([StoreRecord(user_id, body.message_id, body.timestamp.isoformat())])
     _count_outcomes(metrics, [Recorded(user_id=user_id, message_id=body.message_id, **result._asdict())])

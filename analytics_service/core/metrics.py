@@ -12,6 +12,7 @@ class AnalyticsMetrics(HttpMetrics):
         super().__init__(registry)
         self.records = Counter("analytics_records_total", "Messages recorded for the first time", registry=registry)
         self.duplicates = Counter(
-            "analytics_duplicates_total", "Records ignored because their message id was already counted",
+            "analytics_duplicates_total",
+            "Records ignored because their message id was already counted",
             registry=registry,
         )

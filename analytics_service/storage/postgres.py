@@ -39,6 +39,8 @@ UNION ALL
 SELECT message_count, true FROM user_counts WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)
 """
 
+COUNT = "SELECT message_count FROM user_counts WHERE user_id = $1"
+
 
 class PostgresStore:
     def __init__(self, url: str, *, pool_size: int) -> None:
@@ -66,7 +68,7 @@ class PostgresStore:
         await self.pool.fetchval("SELECT 1")
 
     async def count(self, user_id: str) -> int | None:
-        value = await self.pool.fetchval("SELECT message_count FROM user_counts WHERE user_id = $1", user_id)
+        value = await self.pool.fetchval(COUNT, user_id)
         return None if value is None else int(value)
 
     async def record(self, records: Sequence[StoreRecord]) -> list[RecordResult]:
@@ -77,5 +79,11 @@ class PostgresStore:
             for index in order:
                 record = records[index]
                 row = await conn.fetchrow(RECORD, record.user_id, record.message_id, record.timestamp)
-                results[index] = RecordResult(int(row["message_count"]), bool(row["duplicate"]))
+                if row is None:
+                    # A duplicate of a record another transaction committed while we waited on
+                    # its key: this statement's snapshot predates that commit, a new one sees it.
+                    count = await conn.fetchval(COUNT, record.user_id)
+                    results[index] = RecordResult(int(count), duplicate=True)
+                else:
+                    results[index] = RecordResult(int(row["message_count"]), bool(row["duplicate"]))
         return [result for result in results if result is not None]

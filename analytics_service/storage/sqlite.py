@@ -94,9 +94,7 @@ def _record_all(db: sqlite3.Connection, records: Sequence[StoreRecord]) -> list[
                     (record.user_id,),
                 ).fetchone()
             else:
-                row = db.execute(
-                    "SELECT message_count FROM user_counts WHERE user_id = ?", (record.user_id,)
-                ).fetchone()
+                row = db.execute("SELECT message_count FROM user_counts WHERE user_id = ?", (record.user_id,)).fetchone()
             results.append(RecordResult(int(row[0]), duplicate=not inserted))
         db.execute("COMMIT")
     except BaseException:

@@ -26,7 +26,6 @@ def personalized(agent: Agent[ChatContext], message_count: int) -> Agent[ChatCon
     """A copy carrying this user's count; the shared agent (and its tools list) stays untouched."""
     return agent.clone(
         instructions=(
-            f"{BASE_INSTRUCTIONS} The user has sent {message_count} messages so far, "
-            "so personalize your response accordingly."
+            f"{BASE_INSTRUCTIONS} The user has sent {message_count} messages so far, so personalize your response accordingly."
         )
     )

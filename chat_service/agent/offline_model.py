@@ -53,13 +53,17 @@ def _tool_outputs(items: list[Any]) -> dict[str, str]:
     names = {_field(i, "call_id"): _field(i, "name") for i in items if _field(i, "type") == "function_call"}
     return {
         str(names.get(_field(i, "call_id"))): str(_field(i, "output"))
-        for i in items if _field(i, "type") == "function_call_output"
+        for i in items
+        if _field(i, "type") == "function_call_output"
     }
 
 
 def _message(text: str) -> ResponseOutputMessage:
     return ResponseOutputMessage(
-        id=f"msg_{uuid.uuid4().hex}", type="message", role="assistant", status="completed",
+        id=f"msg_{uuid.uuid4().hex}",
+        type="message",
+        role="assistant",
+        status="completed",
         content=[ResponseOutputText(text=text, type="output_text", annotations=[])],
     )
 
@@ -125,12 +129,26 @@ class OfflineModel(Model):
         prompt: ResponsePromptParam | None = None,
     ) -> AsyncIterator[TResponseStreamEvent]:
         response = await self.get_response(
-            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
+            system_instructions,
+            input,
+            model_settings,
+            tools,
+            output_schema,
+            handoffs,
+            tracing,
         )
         yield ResponseCompletedEvent(
-            type="response.completed", sequence_number=0,
+            type="response.completed",
+            sequence_number=0,
             response=Response(
-                id=f"resp_{uuid.uuid4().hex}", created_at=0, model="offline", object="response",
-                output=response.output, tool_choice="auto", tools=[], parallel_tool_calls=False, status="completed",
+                id=f"resp_{uuid.uuid4().hex}",
+                created_at=0,
+                model="offline",
+                object="response",
+                output=response.output,
+                tool_choice="auto",
+                tools=[],
+                parallel_tool_calls=False,
+                status="completed",
             ),
         )

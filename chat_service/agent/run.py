@@ -7,7 +7,11 @@ import asyncio
 import openai
 from agents import Agent, AgentsException, RunConfig, Runner
 
+from servicekit.logging import get_logger
+
 from .tools import ChatContext
+
+log = get_logger("llm")
 
 
 class LLMFailure(Exception):
@@ -22,7 +26,12 @@ class LLMFailure(Exception):
 
 
 async def run_agent(
-    agent: Agent[ChatContext], text: str, context: ChatContext, *, run_config: RunConfig, deadline: float,
+    agent: Agent[ChatContext],
+    text: str,
+    context: ChatContext,
+    *,
+    run_config: RunConfig,
+    deadline: float,
     max_turns: int,
 ) -> str:
     try:
@@ -40,6 +49,11 @@ async def run_agent(
     except openai.APIStatusError as error:
         raise LLMFailure(502, f"The model provider answered {error.status_code}", "status") from None
     except (AgentsException, openai.OpenAIError):
+        raise LLMFailure(502, "The model gave an answer we cannot use", "invalid") from None
+    except Exception:
+        # SDKs fail in arbitrary ways on malformed provider replies (the openai client raises
+        # AttributeError on a non-JSON body). Keep the traceback in our log, not in the reply.
+        log.exception("llm_unexpected_error")
         raise LLMFailure(502, "The model gave an answer we cannot use", "invalid") from None
     reply = result.final_output
     if not isinstance(reply, str) or not reply.strip():

@@ -45,8 +45,15 @@ def _text_too_long(limit: int) -> HTTPException:
 
 @router.post("/chat/", response_model=Response, responses=ERRORS)
 async def chat(
-    message: Message, settings: SettingsDep, analytics: AnalyticsDep, agent: AgentDep, llm: LLMDep,
-    outbox: OutboxDep, deliverer: DelivererDep, metrics: MetricsDep, limiter: RateLimiterDep,
+    message: Message,
+    settings: SettingsDep,
+    analytics: AnalyticsDep,
+    agent: AgentDep,
+    llm: LLMDep,
+    outbox: OutboxDep,
+    deliverer: DelivererDep,
+    metrics: MetricsDep,
+    limiter: RateLimiterDep,
 ) -> Response:
     """Answer a message, personalized with how many messages the user sent before it."""
     if not message.text.strip():
@@ -67,8 +74,12 @@ async def chat(
     started = time.perf_counter()
     try:
         reply = await run_agent(
-            personalized(agent, count.value), message.text, ChatContext(message.user_id, analytics),
-            run_config=llm.run_config, deadline=settings.run_deadline, max_turns=settings.max_turns,
+            personalized(agent, count.value),
+            message.text,
+            ChatContext(message.user_id, analytics),
+            run_config=llm.run_config,
+            deadline=settings.run_deadline,
+            max_turns=settings.max_turns,
         )
     except LLMFailure as failure:
         metrics.llm_errors.labels(failure.kind).inc()

@@ -21,9 +21,7 @@ async def get_user(user_id: Annotated[UserId, Path()], role: Role = None) -> Use
 
 
 @router.get("/users/{user_id}/analytics", response_model=UserAnalytics)
-async def get_user_analytics(
-    user_id: Annotated[UserId, Path()], analytics: AnalyticsDep, metrics: MetricsDep
-) -> UserAnalytics:
+async def get_user_analytics(user_id: Annotated[UserId, Path()], analytics: AnalyticsDep, metrics: MetricsDep) -> UserAnalytics:
     """Return the user's message count as chat sees it, with its source."""
     count = await analytics.message_count(user_id)
     metrics.analytics_calls.labels("read", count.fallback or "ok").inc()

@@ -34,10 +34,16 @@ class PolicySettings(BaseModel):
         return Policy(
             deadline=self.deadline,
             timeouts=Timeouts(self.connect_timeout, self.read_timeout, self.write_timeout, self.pool_timeout),
-            attempts=self.attempts, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
-            retry_after_max=self.retry_after_max, breaker_failures=self.breaker_failures,
-            breaker_reset=self.breaker_reset, budget_ratio=self.budget_ratio, budget_reserve=self.budget_reserve,
-            budget_refill_per_second=self.budget_refill_per_second, bulkhead=self.bulkhead,
+            attempts=self.attempts,
+            backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max,
+            retry_after_max=self.retry_after_max,
+            breaker_failures=self.breaker_failures,
+            breaker_reset=self.breaker_reset,
+            budget_ratio=self.budget_ratio,
+            budget_reserve=self.budget_reserve,
+            budget_refill_per_second=self.budget_refill_per_second,
+            bulkhead=self.bulkhead,
         )
 
 

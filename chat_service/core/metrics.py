@@ -14,13 +14,13 @@ class ChatMetrics(HttpMetrics):
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry)
         self.analytics_calls = Counter(
-            "chat_analytics_calls_total", "Analytics calls by operation and outcome (ok or fallback reason)",
-            ["operation", "outcome"], registry=registry,
+            "chat_analytics_calls_total",
+            "Analytics calls by operation and outcome (ok or fallback reason)",
+            ["operation", "outcome"],
+            registry=registry,
         )
         self.retries = Counter("chat_analytics_retries_total", "Retries scheduled", ["target"], registry=registry)
-        self.fallbacks = Counter(
-            "chat_analytics_fallbacks_total", "Fallbacks by reason", ["target", "reason"], registry=registry
-        )
+        self.fallbacks = Counter("chat_analytics_fallbacks_total", "Fallbacks by reason", ["target", "reason"], registry=registry)
         self.budget_rejections = Counter(
             "chat_retry_budget_exhausted_total", "Retries refused by the budget", ["target"], registry=registry
         )
@@ -34,9 +34,7 @@ class ChatMetrics(HttpMetrics):
             "chat_breaker_transitions_total", "Breaker state changes", ["target", "state"], registry=registry
         )
         self.outbox_depth = Gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry)
-        self.llm_latency = Histogram(
-            "chat_llm_run_seconds", "Whole agent runs", buckets=LATENCY_BUCKETS, registry=registry
-        )
+        self.llm_latency = Histogram("chat_llm_run_seconds", "Whole agent runs", buckets=LATENCY_BUCKETS, registry=registry)
         self.llm_errors = Counter("chat_llm_errors_total", "Failed agent runs", ["kind"], registry=registry)
 
     def on_resilience_event(self, event: Event) -> None:

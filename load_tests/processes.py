@@ -1,0 +1,139 @@
+"""Real service processes for tests, chaos runs, benchmarks and the quick start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceProcess:
+    """One `uvicorn module:app` child process on 127.0.0.1, with its output in a log file."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        workers: int = 1,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.env = dict(env or {})
+        self.log_path = log_path
+        self.workers = workers
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, *, wait: float = 30.0) -> ServiceProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            self.app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--timeout-graceful-shutdown",
+            "10",
+            "--no-access-log",
+            *self.extra_args,
+        ]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - None: our terminal
+        try:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own copy
+        if wait:
+            self.wait_ready(wait)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0, path: str = "/healthz") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.app} exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.url + path, timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.app} did not become ready on port {self.port}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies."""
+        self.signal(signal.SIGKILL)
+        self.wait()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait for a graceful exit (SIGKILL after `timeout`)."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGCONT)  # a frozen process cannot handle SIGTERM
+        self.process.terminate()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 20.0) -> int | None:
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def analytics_env(database_url: str, **extra: str) -> dict[str, str]:
+    return {"ANALYTICS_DATABASE_URL": database_url, "ANALYTICS_LOG_FORMAT": "json", **extra}
+
+
+def chat_env(analytics_url: str, outbox_path: str | Path, **extra: str) -> dict[str, str]:
+    return {
+        "CHAT_ANALYTICS_URL": analytics_url,
+        "CHAT_OUTBOX_PATH": str(outbox_path),
+        "CHAT_LOG_FORMAT": "json",
+        "CHAT_LLM_PROVIDER": "offline",
+        **extra,
+    }

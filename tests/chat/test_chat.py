@@ -1,0 +1,113 @@
+"""POST /chat/ and friends, end to end in process, against the real analytics app."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from datetime import UTC, datetime
+
+import httpx
+
+from chat_service.agent.agent import BASE_INSTRUCTIONS, build_agent
+from chat_service.agent.offline_model import OfflineModel
+from tests.chat.conftest import MESSAGE, drained
+
+
+async def test_root_and_users_as_in_the_tutorial(chat):
+    assert (await chat.get("/")).json() == {
+        "message": "Welcome to the DACA Chat Service! Access /docs for the API documentation."
+    }
+    assert (await chat.get("/users/alice?role=admin")).json() == {"user_id": "alice", "role": "admin"}
+    assert (await chat.get("/users/bob")).json() == {"user_id": "bob", "role": "guest"}
+
+
+async def test_the_tutorials_example_is_personalized_and_keeps_the_session(chat):
+    response = await chat.post("/chat/", json=MESSAGE)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["user_id"] == "alice"
+    assert "5 messages" in body["reply"]
+    assert body["metadata"]["session_id"] == MESSAGE["metadata"]["session_id"]
+    stamp = datetime.fromisoformat(body["metadata"]["timestamp"])
+    assert stamp.tzinfo is not None and stamp.utcoffset().total_seconds() == 0
+
+
+async def test_counts_grow_by_one_per_chat(chat):
+    for expected in (3, 4, 5, 6):
+        await drained(chat)
+        reply = (await chat.post("/chat/", json={"user_id": "bob", "text": "hi"})).json()["reply"]
+        assert f"{expected} messages" in reply
+    await drained(chat)
+    assert (await chat.get("/users/bob/analytics")).json() == {"user_id": "bob", "message_count": 7, "source": "analytics"}
+
+
+async def test_a_new_user_starts_at_zero(chat):
+    reply = (await chat.post("/chat/", json={"user_id": "newcomer", "text": "hi"})).json()["reply"]
+    assert "0 messages" in reply
+
+
+async def test_time_questions_use_the_tool(chat):
+    reply = (await chat.post("/chat/", json={"user_id": "bob", "text": "What time is it?"})).json()["reply"]
+    match = re.search(r"The current time is (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", reply)
+    assert match, reply
+    told = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - told).total_seconds()) < 60
+    assert "3 messages" in reply
+
+
+async def test_analytics_questions_use_the_analytics_tool(chat):
+    reply = (await chat.post("/chat/", json={"user_id": "alice", "text": "show my stats"})).json()["reply"]
+    assert "Analytics says: 5 messages" in reply
+
+
+async def test_concurrent_users_each_get_their_own_count(chat_with):
+    """The tutorial mutates one shared agent: under concurrency users get each other's counts."""
+    counts = {f"user{i}": i * 7 for i in range(10)}
+
+    async def analytics(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(random.uniform(0, 0.02))  # interleave the requests
+        if request.method == "POST":
+            return httpx.Response(200, json={"results": []})
+        user = request.url.path.rsplit("/", 1)[1]
+        return httpx.Response(200, json={"message_count": counts[user]})
+
+    async with chat_with(httpx.MockTransport(analytics)) as chat:
+        users = [f"user{i % 10}" for i in range(100)]
+        replies = await asyncio.gather(*(chat.post("/chat/", json={"user_id": u, "text": "hi"}) for u in users))
+    for user, reply in zip(users, replies, strict=True):
+        assert f"You have sent {counts[user]} messages" in reply.json()["reply"], (user, reply.json())
+
+
+def test_personalizing_never_touches_the_shared_agent():
+    from chat_service.agent.agent import personalized
+
+    agent = build_agent(OfflineModel())
+    tools = agent.tools
+    copy = personalized(agent, 42)
+    assert "42 messages" in copy.instructions
+    assert agent.instructions == BASE_INSTRUCTIONS
+    assert agent.tools is tools and [t.name for t in tools] == ["get_current_time", "get_user_analytics"]
+
+
+async def test_empty_text_is_the_tutorials_400(chat):
+    for text in ("", "   ", "\n\t"):
+        response = await chat.post("/chat/", json={"user_id": "bob", "text": text})
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Message text cannot be empty"}
+
+
+async def test_request_ids_reach_analytics_and_come_back(chat_with):
+    seen: list[str | None] = []
+
+    def analytics(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-request-id"))
+        return httpx.Response(200, json={"message_count": 1})
+
+    async with chat_with(httpx.MockTransport(analytics)) as chat:
+        response = await chat.post("/chat/", json={"user_id": "bob", "text": "hi"}, headers={"X-Request-ID": "req-42"})
+        assert response.headers["x-request-id"] == "req-42"
+        generated = await chat.get("/users/bob/analytics")
+        assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
+    assert seen[0] == "req-42"
+    assert generated.headers["x-request-id"] in seen

@@ -1,0 +1,145 @@
+"""Both services as real uvicorn processes, driven over HTTP like a user would."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TUTORIAL_REQUEST = {
+    "user_id": "alice",
+    "text": "Hello, how are you?",
+    "metadata": {"timestamp": "2025-04-06T12:00:00Z", "session_id": "123e4567-e89b-12d3-a456-426614174000"},
+    "tags": ["greeting"],
+}
+
+
+def test_the_tutorial_walkthrough(make_stack):
+    stack = make_stack()
+    assert httpx.get(stack.analytics.url + "/analytics/alice").json() == {"message_count": 5}
+    assert httpx.get(stack.analytics.url + "/analytics/charlie").status_code == 404
+    response = httpx.post(stack.chat.url + "/chat/", json=TUTORIAL_REQUEST, timeout=10)
+    assert response.status_code == 200
+    assert "5 messages" in response.json()["reply"]
+    assert response.json()["metadata"]["session_id"] == TUTORIAL_REQUEST["metadata"]["session_id"]
+    stack.wait_drained()
+    timed = stack.chat_post("alice", "What time is it?").json()["reply"]
+    assert "6 messages" in timed and re.search(r"\d\d:\d\d:\d\d UTC", timed)
+    for expected in (7, 8, 9):
+        stack.wait_drained()
+        assert f"{expected} messages" in stack.chat_post("alice").json()["reply"]
+    stack.wait_drained()
+    assert stack.analytics_count("alice") == 10
+
+
+@pytest.mark.parametrize("raw_path", ["/analytics/alice%2F..%2Fbob", "/analytics/..%2Fbob", "/analytics/%2E%2E"])
+def test_no_user_id_reaches_another_user_or_route(make_stack, raw_path):
+    stack = make_stack()
+    with httpx.Client(base_url=stack.analytics.url) as client:
+        response = client.send(client.build_request("GET", httpx.URL(stack.analytics.url + raw_path)))
+    assert response.status_code in (404, 422)
+    assert "message_count" not in response.text
+    for user in ("alice/../bob", "..", "a?b", "a#b", "a%2Fb"):
+        chat = httpx.post(stack.chat.url + "/chat/", json={"user_id": user, "text": "hi"})
+        assert chat.status_code == 422
+
+
+def test_chat_answers_while_analytics_is_killed_and_catches_up_after(make_stack):
+    stack = make_stack(chat_extra={"CHAT_ANALYTICS_READ__BREAKER_RESET": "0.5", "CHAT_ANALYTICS_RECORD__BREAKER_RESET": "0.5"})
+    stack.analytics.kill()
+    replies = [stack.chat_post("bob") for _ in range(5)]
+    assert [r.status_code for r in replies] == [200] * 5
+    assert all("0 messages" in r.json()["reply"] for r in replies)
+    assert stack.dependencies()["outbox"]["depth"] == 5
+    stack.analytics.start()
+    stack.wait_drained()
+    assert stack.analytics_count("bob") == 3 + 5
+
+
+def test_a_frozen_analytics_costs_the_deadline_then_the_breaker_opens(make_stack):
+    stack = make_stack(chat_extra={"CHAT_ANALYTICS_READ__BREAKER_RESET": "1.0"})
+    stack.chat_post("alice")
+    stack.analytics.signal(signal.SIGSTOP)
+    try:
+        timings = []
+        for _ in range(6):
+            started = time.monotonic()
+            response = stack.chat_post("alice")
+            timings.append(time.monotonic() - started)
+            assert response.status_code == 200 and "0 messages" in response.json()["reply"]
+        assert max(timings) < 0.5 + 1.0, timings  # the read deadline plus a generous margin
+        assert stack.dependencies()["analytics"]["read"]["breaker"] == "open"
+        assert min(timings[-2:]) < 0.25, "an open breaker answers without waiting"
+    finally:
+        stack.analytics.signal(signal.SIGCONT)
+    time.sleep(1.1)
+    deadline = time.monotonic() + 5
+    while stack.dependencies()["analytics"]["read"]["breaker"] != "closed":
+        assert time.monotonic() < deadline
+        stack.chat_post("alice")
+        time.sleep(0.05)
+    stack.wait_drained()
+    assert "messages" in stack.chat_post("alice").json()["reply"]
+    assert re.search(r"You have sent [1-9]\d* messages", stack.chat_post("alice").json()["reply"])
+
+
+def test_sigterm_finishes_work_and_flushes_the_outbox(make_stack):
+    stack = make_stack(chat_extra={"CHAT_ANALYTICS_RECORD__BREAKER_RESET": "0.2"})
+    stack.analytics.kill()
+    for _ in range(4):
+        assert stack.chat_post("carol").status_code == 200
+    stack.analytics.start()
+    # Held in the outbox until delivery resumes; SIGTERM must deliver them before exiting.
+    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly: -15 is a clean exit.
+    assert stack.chat.stop() in (0, -signal.SIGTERM)
+    assert stack.analytics_count("carol") == 4
+    log = (stack.workdir / "chat.log").read_text()
+    assert '"event": "outbox_flushed"' in log and '"left": 0' in log and '"event": "chat_stopped"' in log
+
+
+def test_records_left_by_a_killed_chat_are_delivered_by_the_next_one(make_stack):
+    stack = make_stack()
+    stack.analytics.kill()
+    for _ in range(3):
+        assert stack.chat_post("dave").status_code == 200
+    stack.chat.kill()
+    stack.analytics.start()
+    stack.chat.start()
+    stack.wait_drained()
+    assert stack.analytics_count("dave") == 3
+
+
+def test_secrets_never_reach_logs_or_health(make_stack):
+    token, key = "tok-VERY-secret-123", "sk-ALSO-secret-456"
+    stack = make_stack(
+        analytics_extra={"ANALYTICS_API_TOKEN": token},
+        chat_extra={"CHAT_ANALYTICS_API_TOKEN": token, "OPENAI_API_KEY": key, "CHAT_LLM_PROVIDER": "offline"},
+    )
+    assert "5 messages" in stack.chat_post("alice").json()["reply"]
+    assert httpx.get(stack.analytics.url + "/analytics/alice").status_code == 401
+    assert httpx.get(stack.analytics.url + "/analytics/alice", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+    health = httpx.get(stack.chat.url + "/health/dependencies").text
+    stack.wait_drained()
+    assert stack.analytics_count("alice", headers={"Authorization": f"Bearer {token}"}) == 6
+    stack.chat.stop()
+    stack.analytics.stop()
+    logs = stack.logs()
+    assert "request" in logs
+    for secret in (token, key):
+        assert secret not in logs and secret not in health
+
+
+def test_one_chat_can_be_followed_through_both_logs(make_stack):
+    stack = make_stack()
+    stack.chat_post("erin", headers={"X-Request-ID": "trace-me-123"})
+    stack.chat.stop()
+    stack.analytics.stop()
+    analytics_log = (stack.workdir / "analytics.log").read_text()
+    chat_log = (stack.workdir / "chat.log").read_text()
+    assert '"request_id": "trace-me-123"' in chat_log
+    assert '"request_id": "trace-me-123"' in analytics_log

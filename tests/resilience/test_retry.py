@@ -1,0 +1,191 @@
+"""Retries: what is retried, how long we wait, when we stop, and what callers see."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from resilience import Fallback, FallbackError, InvalidResponseError, Ok, Pipeline, Policy, classify_httpx, send
+
+
+async def get(h, path="/x", **kw):
+    return await send(h.pipeline, h.client, h.client.build_request("GET", path, **kw))
+
+
+def failing_then(statuses):
+    replies = iter(statuses)
+    return lambda _: httpx.Response(next(replies))
+
+
+async def test_transient_statuses_are_retried_until_success(make_harness):
+    for status in (429, 502, 503, 504):
+        h = make_harness()
+        h.handler = failing_then([status, status, 200])
+        outcome = await get(h)
+        assert isinstance(outcome, Ok) and outcome.attempts == 3
+        assert outcome.unwrap().status_code == 200
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 500, 501])
+async def test_other_statuses_are_never_retried(make_harness, status):
+    h = make_harness()
+    h.handler = lambda _: httpx.Response(status)
+    outcome = await get(h)
+    assert outcome == Fallback("status", attempts=1, error=outcome.error, status=status)
+    assert len(h.requests) == 1
+
+
+async def test_answers_are_values_not_failures(make_harness):
+    h = make_harness()
+    h.handler = lambda _: httpx.Response(404)
+    outcome = await send(h.pipeline, h.client, h.client.build_request("GET", "/x"), answers=frozenset({404}))
+    assert isinstance(outcome, Ok) and outcome.value.status_code == 404
+
+
+async def test_backoff_is_full_jitter_and_capped(make_harness):
+    h = make_harness(attempts=6, deadline=100, backoff_initial=0.1, backoff_max=0.3, breaker_failures=100)
+    h.handler = lambda _: httpx.Response(503)
+    await get(h)
+    ceilings = [0.1, 0.2, 0.3, 0.3, 0.3]
+    assert len(h.clock.sleeps) == 5
+    assert all(0 <= s <= c for s, c in zip(h.clock.sleeps, ceilings, strict=True))
+
+
+async def test_retry_after_is_honoured(make_harness):
+    h = make_harness(deadline=5, retry_after_max=2)
+    replies = iter([httpx.Response(503, headers={"Retry-After": "1"}), httpx.Response(200)])
+    h.handler = lambda _: next(replies)
+    assert isinstance(await get(h), Ok)
+    assert h.clock.sleeps[0] >= 1.0
+
+
+async def test_retry_after_over_the_cap_ends_the_call(make_harness):
+    h = make_harness(deadline=100, retry_after_max=2)
+    h.handler = lambda _: httpx.Response(429, headers={"Retry-After": "30"})
+    outcome = await get(h)
+    assert outcome.reason == "status" and outcome.status == 429 and outcome.attempts == 1
+    assert h.clock.sleeps == []
+
+
+async def test_retry_after_never_sleeps_past_the_deadline(make_harness):
+    h = make_harness(deadline=0.5, retry_after_max=2)
+    h.handler = lambda _: httpx.Response(503, headers={"Retry-After": "1"})
+    outcome = await get(h)
+    assert outcome.reason == "deadline" and outcome.attempts == 1
+    assert h.clock.sleeps == []
+
+
+async def test_no_sleep_would_cross_the_deadline(make_harness):
+    h = make_harness(deadline=0.05, attempts=10, backoff_initial=0.04, backoff_max=0.04, breaker_failures=100)
+    h.handler = lambda _: httpx.Response(503)
+    start = h.clock.now
+    outcome = await get(h)
+    assert outcome.reason in ("deadline", "status")
+    assert h.clock.now - start < 0.05
+
+
+async def test_the_deadline_holds_against_a_server_that_hangs():
+    async def hang(_: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    pipeline = Pipeline("peer", Policy(deadline=0.2), on=classify_httpx, hooks=())
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hang), base_url="http://peer") as client:
+        started = time.monotonic()
+        outcome = await send(pipeline, client, client.build_request("GET", "/x"))
+        elapsed = time.monotonic() - started
+    assert outcome.reason == "deadline"  # the attempt ran out of time, and no time was left to retry
+    assert elapsed < 0.2 + 0.15, f"deadline 0.2 s overshot: {elapsed:.3f} s"
+
+
+async def test_transport_errors_are_classified_and_retried(make_harness):
+    cases = [
+        (httpx.ConnectError("refused"), "connect"),
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.RemoteProtocolError("eof"), "transport"),
+    ]
+    for error, reason in cases:
+        h = make_harness()
+
+        def raise_it(_: httpx.Request, error=error) -> httpx.Response:
+            raise error
+
+        h.handler = raise_it
+        outcome = await get(h)
+        assert outcome.reason == reason and outcome.attempts == 3
+        assert outcome.error is error, "callers see the original error, never tenacity's RetryError"
+
+
+async def test_invalid_responses_are_not_retried(make_harness):
+    h = make_harness()
+
+    async def attempt(_: float) -> int:
+        raise InvalidResponseError("not json")
+
+    outcome = await h.pipeline.call(attempt)
+    assert outcome.reason == "invalid_response" and outcome.attempts == 1
+
+
+async def test_unknown_errors_propagate_unchanged(make_harness):
+    h = make_harness()
+
+    async def buggy(_: float) -> int:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        await h.pipeline.call(buggy)
+    assert h.pipeline.breaker.consecutive_failures == 0
+    assert h.pipeline.bulkhead.in_flight == 0
+
+
+async def test_post_is_retried_only_with_an_idempotency_key(make_harness):
+    h = make_harness()
+    h.handler = lambda _: httpx.Response(503)
+    await send(h.pipeline, h.client, h.client.build_request("POST", "/x", json={}))
+    assert len(h.requests) == 1
+    await send(h.pipeline, h.client, h.client.build_request("POST", "/x", json={}, headers={"Idempotency-Key": "k"}))
+    assert len(h.requests) == 1 + 3
+    assert {r.content for r in h.requests[1:]} == {b"{}"}, "the body is re-sent whole"
+
+
+async def test_no_retry_state_is_shared_between_concurrent_calls(make_harness):
+    h = make_harness(attempts=3, deadline=1000, budget_reserve=1000, breaker_failures=10_000)
+    seen: dict[str, int] = {}
+
+    async def first_fails(request: httpx.Request) -> httpx.Response:
+        key = request.url.path
+        seen[key] = seen.get(key, 0) + 1
+        await asyncio.sleep(0)
+        return httpx.Response(503 if seen[key] == 1 else 200)
+
+    h.handler = first_fails
+    outcomes = await asyncio.gather(*(get(h, f"/u{i}") for i in range(50)))
+    assert [o.attempts if isinstance(o, Ok) else o for o in outcomes] == [2] * 50
+    assert set(seen.values()) == {2}
+
+
+async def test_each_attempt_gets_timeouts_clipped_to_the_deadline(make_harness):
+    h = make_harness(deadline=0.15)
+    await get(h)
+    timeout = h.requests[0].extensions["timeout"]
+    assert timeout == pytest.approx({"connect": 0.1, "read": 0.15, "write": 0.1, "pool": 0.05})
+
+
+async def test_fallback_unwrap_raises_with_the_fallback(make_harness):
+    h = make_harness(attempts=1)
+    h.handler = lambda _: httpx.Response(503)
+    outcome = await get(h)
+    with pytest.raises(FallbackError) as raised:
+        outcome.unwrap()
+    assert raised.value.fallback is outcome
+
+
+async def test_retries_emit_named_events(make_harness):
+    h = make_harness()
+    h.handler = failing_then([503, 200])
+    await get(h)
+    assert h.names() == ["attempt_failed", "retry_scheduled"]
+    assert h.events[1].fields["attempt"] == 1
