@@ -31,7 +31,7 @@ async def _main() -> None:
     try:
         await load_demo_data(store)
         for user in DEMO_COUNTS:
-            print(f"{user}: {await store.count(user)} messages")  # noqa: T201 - a CLI's output
+            print(f"{user}: {await store.count(user)} messages")
     finally:
         await store.close()
 

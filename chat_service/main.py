@@ -14,8 +14,9 @@ from resilience import Pipeline, classify_httpx, log_event
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
+from servicekit.transport import PooledTransport
 
-from .agent.agent import build_agent
+from .agent.agent import PersonalizedAgents, build_agent
 from .agent.llm import build_llm
 from .analytics_client import AnalyticsClient
 from .api import chat, health, users
@@ -42,8 +43,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         hooks = (log_event, metrics.on_resilience_event)
         http = httpx.AsyncClient(
             base_url=settings.analytics_url,
-            transport=transport,
-            limits=httpx.Limits(max_connections=settings.analytics_max_connections, max_keepalive_connections=50),
+            transport=transport or PooledTransport(max_connections=settings.analytics_max_connections),
             timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
         )
         analytics = AnalyticsClient(
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "settings": settings,
                 "metrics": metrics,
                 "analytics": analytics,
-                "agent": build_agent(llm.model),
+                "agent": PersonalizedAgents(build_agent(llm.model)),
                 "llm": llm,
                 "outbox": outbox,
                 "deliverer": deliverer,

@@ -39,7 +39,7 @@ def main() -> None:
     try:
         analytics.start()
         chat.start()
-        print(f"analytics on {analytics.url}, chat on {chat.url} (Ctrl-C stops both)", flush=True)  # noqa: T201
+        print(f"analytics on {analytics.url}, chat on {chat.url} (Ctrl-C stops both)", flush=True)
         while not stop and all(p.process and p.process.poll() is None for p in (chat, analytics)):
             time.sleep(0.2)
     except KeyboardInterrupt:

@@ -18,21 +18,21 @@ class State(TypedDict):
     metrics: AnalyticsMetrics
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.state.store  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> AnalyticsMetrics:
+async def get_metrics(request: Request) -> AnalyticsMetrics:
     return request.state.metrics  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.state.settings  # type: ignore[no-any-return]
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """When ANALYTICS_API_TOKEN is set, demand `Authorization: Bearer <token>` (constant time)."""
-    token = get_settings(request).api_token
+    token = request.state.settings.api_token
     if token is None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")

@@ -29,3 +29,24 @@ def personalized(agent: Agent[ChatContext], message_count: int) -> Agent[ChatCon
             f"{BASE_INSTRUCTIONS} The user has sent {message_count} messages so far, so personalize your response accordingly."
         )
     )
+
+
+class PersonalizedAgents:
+    """Personalized copies by count, made once each: nothing ever mutates a copy, so runs can share it.
+
+    Cloning costs ~90 us and the SDK fingerprints each new agent object; most users' counts
+    repeat. At `limit` copies the cache starts over, which bounds memory.
+    """
+
+    def __init__(self, agent: Agent[ChatContext], *, limit: int = 4096) -> None:
+        self.agent = agent
+        self.limit = limit
+        self._copies: dict[int, Agent[ChatContext]] = {}
+
+    def for_count(self, message_count: int) -> Agent[ChatContext]:
+        copy = self._copies.get(message_count)
+        if copy is None:
+            if len(self._copies) >= self.limit:
+                self._copies.clear()
+            copy = self._copies[message_count] = personalized(self.agent, message_count)
+        return copy

@@ -11,7 +11,6 @@ from fastapi import APIRouter, HTTPException
 
 from servicekit.logging import get_logger
 
-from ..agent.agent import personalized
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
@@ -48,7 +47,7 @@ async def chat(
     message: Message,
     settings: SettingsDep,
     analytics: AnalyticsDep,
-    agent: AgentDep,
+    agents: AgentDep,
     llm: LLMDep,
     outbox: OutboxDep,
     deliverer: DelivererDep,
@@ -74,7 +73,7 @@ async def chat(
     started = time.perf_counter()
     try:
         reply = await run_agent(
-            personalized(agent, count.value),
+            agents.for_count(count.value),
             message.text,
             ChatContext(message.user_id, analytics),
             run_config=llm.run_config,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, TypedDict
 
-from agents import Agent
 from fastapi import Depends, Request
 
+from ..agent.agent import PersonalizedAgents
 from ..agent.llm import LLM
-from ..agent.tools import ChatContext
 from ..analytics_client import AnalyticsClient
 from ..core.config import Settings
 from ..core.metrics import ChatMetrics
@@ -21,49 +20,49 @@ class State(TypedDict):
     settings: Settings
     metrics: ChatMetrics
     analytics: AnalyticsClient
-    agent: Agent[ChatContext]
+    agent: PersonalizedAgents
     llm: LLM
     outbox: Outbox
     deliverer: Deliverer
     rate_limiter: RateLimiter | None
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.state.settings  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> ChatMetrics:
+async def get_metrics(request: Request) -> ChatMetrics:
     return request.state.metrics  # type: ignore[no-any-return]
 
 
-def get_analytics(request: Request) -> AnalyticsClient:
+async def get_analytics(request: Request) -> AnalyticsClient:
     return request.state.analytics  # type: ignore[no-any-return]
 
 
-def get_agent(request: Request) -> Agent[ChatContext]:
+async def get_agent(request: Request) -> PersonalizedAgents:
     return request.state.agent  # type: ignore[no-any-return]
 
 
-def get_llm(request: Request) -> LLM:
+async def get_llm(request: Request) -> LLM:
     return request.state.llm  # type: ignore[no-any-return]
 
 
-def get_outbox(request: Request) -> Outbox:
+async def get_outbox(request: Request) -> Outbox:
     return request.state.outbox  # type: ignore[no-any-return]
 
 
-def get_deliverer(request: Request) -> Deliverer:
+async def get_deliverer(request: Request) -> Deliverer:
     return request.state.deliverer  # type: ignore[no-any-return]
 
 
-def get_rate_limiter(request: Request) -> RateLimiter | None:
+async def get_rate_limiter(request: Request) -> RateLimiter | None:
     return request.state.rate_limiter  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
 AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
-AgentDep = Annotated[Agent[ChatContext], Depends(get_agent)]
+AgentDep = Annotated[PersonalizedAgents, Depends(get_agent)]
 LLMDep = Annotated[LLM, Depends(get_llm)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
