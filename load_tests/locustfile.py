@@ -1,0 +1,74 @@
+"""A realistic chat user for Locust.
+
+Headless, with a summary, exiting non-zero on any failure:
+    uv run locust -f load_tests/locustfile.py --host http://localhost:8000 \
+        --headless -u 50 -r 10 -t 1m --only-summary --exit-code-on-error 1
+Distributed (one master, N workers):
+    uv run locust -f load_tests/locustfile.py --host http://localhost:8000 --master --expect-workers 2 \
+        --headless -u 100 -r 20 -t 1m
+    uv run locust -f load_tests/locustfile.py --worker --master-host 127.0.0.1    # once per worker
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from locust import HttpUser, between, task
+from locust.clients import ResponseContextManager
+
+GREETINGS = ("Hello, how are you?", "Hi there!", "Good morning", "Hey, what's new?", "Tell me something nice")
+TIME_QUESTIONS = ("What time is it?", "Do you know the time?", "what's the time in UTC")
+
+
+class ChatUser(HttpUser):
+    """One person chatting: mostly greetings, some time questions, some look-ups of their stats."""
+
+    wait_time = between(0.2, 1.5)
+
+    def on_start(self) -> None:
+        self.user_id = f"locust-{uuid.uuid4().hex[:12]}"
+        self.session_id = str(uuid.uuid4())
+
+    def _chat(self, text: str, *, expect: str | None = None, name: str) -> None:
+        body = {"user_id": self.user_id, "text": text, "metadata": {"session_id": self.session_id}}
+        with self.client.post("/chat/", json=body, name=name, catch_response=True) as response:
+            self._check_reply(response, expect)
+
+    def _check_reply(self, response: ResponseContextManager, expect: str | None) -> None:
+        if response.status_code != 200:
+            response.failure(f"status {response.status_code}: {response.text[:200]}")
+            return
+        try:
+            data = response.json()
+        except ValueError:
+            response.failure("reply is not JSON")
+            return
+        if data.get("user_id") != self.user_id:
+            response.failure("user id not echoed")
+        elif not str(data.get("reply", "")).strip():
+            response.failure("empty reply")
+        elif data.get("metadata", {}).get("session_id") != self.session_id:
+            response.failure("session id not echoed")
+        elif expect and expect not in data["reply"]:
+            response.failure(f"reply lacks {expect!r}")
+        else:
+            response.success()
+
+    @task(6)
+    def greet(self) -> None:
+        self._chat(random.choice(GREETINGS), expect="messages", name="/chat/ greeting")
+
+    @task(2)
+    def ask_time(self) -> None:
+        self._chat(random.choice(TIME_QUESTIONS), name="/chat/ time")
+
+    @task(2)
+    def look_up_analytics(self) -> None:
+        with self.client.get(f"/users/{self.user_id}/analytics", name="/users/[id]/analytics", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}")
+            elif response.json().get("user_id") != self.user_id or response.json().get("message_count", -1) < 0:
+                response.failure("bad analytics view")
+            else:
+                response.success()

@@ -1,0 +1,50 @@
+"""A short chaos run with real processes: kill, freeze, restart; nothing lost, nothing slow."""
+
+from __future__ import annotations
+
+import pytest
+
+from load_tests.chaos import Timings, run_chaos
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+READ_DEADLINE = 0.5
+RESET = 2.0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    timings = Timings(baseline=3, down=3, frozen=3, recovery=4, tail=3)
+    return run_chaos(tmp_path_factory.mktemp("chaos"), timings, workers=6, breaker_reset=RESET)
+
+
+def test_every_reply_is_a_200(report):
+    assert report["total_requests"] > 500
+    assert report["non_2xx"] == 0
+
+
+def test_no_record_is_lost_or_counted_twice(report):
+    assert report["outbox_drained"]
+    loss = report["loss_check"]
+    assert loss["replies_200"] > 500
+    assert (loss["lost"], loss["duplicated"], loss["mismatched"]) == (0, 0, {})
+
+
+def test_faults_cost_at_most_the_deadline(report):
+    phases = report["phases"]
+    healthy_p99 = phases["baseline"]["p99_ms"] / 1000
+    margin = 1.0  # generous: these machines are noisy
+    for fault in ("analytics_killed", "analytics_frozen"):
+        assert phases[fault]["requests"] > 50
+        assert phases[fault]["p99_ms"] / 1000 <= READ_DEADLINE + healthy_p99 + margin, phases[fault]
+
+
+def test_the_breaker_opened_and_closed_again(report):
+    read_states = [t["state"] for t in report["breaker_transitions"] if t["pipeline"] == "read"]
+    assert "open" in read_states
+    assert read_states[-1] == "closed"
+
+
+def test_counts_resume_soon_after_analytics_returns(report):
+    for moment, seconds in report["counts_resumed_after_s"].items():
+        assert seconds is not None and seconds <= RESET + 2.0, (moment, seconds)
