@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -95,10 +96,25 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    _publish_text_cap(app, settings.max_text_chars)
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)
     return app
+
+
+def _publish_text_cap(app: FastAPI, limit: int) -> None:
+    """Make the OpenAPI schema state the configured text cap, not the model's hard ceiling."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema["components"]["schemas"]["Message"]["properties"]["text"]["maxLength"] = limit
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

@@ -44,7 +44,8 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: UserId
-    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+    # Blank text answers the tutorial's 400 (not 422), so the pattern is documented, not enforced here.
+    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS), Field(json_schema_extra={"pattern": r"\S"})]
     metadata: Metadata = Field(default_factory=Metadata)
     tags: Annotated[list[Tag], Field(max_length=16)] | None = None
 

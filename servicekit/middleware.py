@@ -21,10 +21,6 @@ REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
-class BodyTooLarge(Exception):
-    """Raised inside receive() when a streamed body passes the cap."""
-
-
 def _route_template(scope: Scope) -> str:
     app = scope.get("app")
     router = getattr(app, "router", None)
@@ -72,22 +68,37 @@ class RequestContextMiddleware:
         status = 500
         header_id = (REQUEST_ID_HEADER.encode(), request_id.encode())
 
+        refused = False  # True once we answered 413 to a body that grew past the cap
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
+            if refused:
+                return  # the app's own answer to the truncated body is not for the client
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header_id]
             await send(message)
+
+        seen = 0
+
+        async def capped_receive() -> Message:
+            nonlocal seen, refused, status
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    if not refused:
+                        refused, status = True, 413
+                        await _send_json(send, 413, {"detail": "Request body too large"}, request_id)
+                    return {"type": "http.disconnect"}  # stops the app from reading further
+            return message
 
         try:
             if self._declared_too_large(scope):
                 status = 413
                 await _send_json(send, 413, {"detail": "Request body too large"}, request_id)
             else:
-                await self.app(scope, self._capped(receive), send_with_id)
-        except BodyTooLarge:
-            status = 413
-            await _send_json(send, 413, {"detail": "Request body too large"}, request_id)
+                await self.app(scope, capped_receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
@@ -118,18 +129,3 @@ class RequestContextMiddleware:
                 except ValueError:
                     return False
         return False
-
-    def _capped(self, receive: Receive) -> Receive:
-        seen = 0
-        limit = self.max_body_bytes
-
-        async def capped_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge
-            return message
-
-        return capped_receive
