@@ -5,18 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-USER_ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+from servicekit.validation import UserId
 
-
-def _not_dots(value: str) -> str:
-    if value in (".", ".."):
-        raise ValueError("user id cannot be '.' or '..'")
-    return value
-
-
-UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN), AfterValidator(_not_dots)]
 MessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
 
 

@@ -8,14 +8,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-USER_ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+from servicekit.validation import UserId
+
 MAX_TEXT_CHARS = 100_000  # a hard ceiling; CHAT_MAX_TEXT_CHARS sets the working cap below it
-
-
-def _not_dots(value: str) -> str:
-    if value in (".", ".."):
-        raise ValueError("user id cannot be '.' or '..'")
-    return value
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -27,7 +22,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN), AfterValidator(_not_dots)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from servicekit.logging import LogFormat
@@ -22,4 +22,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(["http://localhost:3000", "http://localhost:8000"])
     postgres_pool_size: int = Field(10, ge=1)
     log_level: str = "INFO"
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     log_format: LogFormat = "auto"

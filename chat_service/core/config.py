@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience import Policy, Timeouts
@@ -86,6 +86,12 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+
+    @field_validator("analytics_api_token", "openai_api_key", "openai_base_url", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose and Kubernetes pass unset variables as "": that must not mean "use OpenAI".
+        return None if value == "" else value
 
     @property
     def use_openai(self) -> bool:

@@ -110,3 +110,28 @@ async def test_concurrent_http_records_lose_nothing(analytics):
     )
     assert {r.status_code for r in responses} == {200}
     assert (await analytics.get("/analytics/busy")).json() == {"message_count": 200}
+
+
+@pytest.mark.postgres
+async def test_readiness_follows_the_database():
+    import uuid
+
+    import asyncpg
+
+    from tests.conftest import POSTGRES_URL
+
+    name = f"readyz_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        app = create_app(Settings(database_url=POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"))
+        async for client in asgi_client(app, "http://analytics"):
+            assert (await client.get("/readyz")).status_code == 200
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["status"] == "unavailable"
+            assert (await client.get("/healthz")).status_code == 200, "liveness never depends on the database"
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -143,3 +143,29 @@ def test_one_chat_can_be_followed_through_both_logs(make_stack):
     chat_log = (stack.workdir / "chat.log").read_text()
     assert '"request_id": "trace-me-123"' in chat_log
     assert '"request_id": "trace-me-123"' in analytics_log
+
+
+def test_several_chat_workers_share_the_outbox_and_lose_nothing(tmp_path):
+    from load_tests.processes import ServiceProcess, analytics_env, chat_env
+
+    analytics = ServiceProcess(
+        "analytics_service.main:app",
+        log_path=tmp_path / "analytics.log",
+        env=analytics_env(f"sqlite:///{tmp_path}/analytics.sqlite3"),
+    )
+    chat = ServiceProcess(
+        "chat_service.main:app",
+        log_path=tmp_path / "chat.log",
+        workers=2,
+        env=chat_env(analytics.url, tmp_path / "outbox.sqlite3"),
+    )
+    with analytics, chat:
+        with httpx.Client(base_url=chat.url, timeout=10) as client:
+            statuses = [client.post("/chat/", json={"user_id": "worker-user", "text": "hi"}).status_code for _ in range(30)]
+        assert statuses == [200] * 30
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{analytics.url}/analytics/worker-user").json().get("message_count") != 30:
+            assert time.monotonic() < deadline, "records were lost or duplicated across workers"
+            time.sleep(0.1)
+    log = (tmp_path / "chat.log").read_text()
+    assert log.count('"event": "chat_started"') == 2, "two worker processes served"

@@ -1,0 +1,117 @@
+"""Kubernetes manifests validate against the Kubernetes schemas; compose and Dockerfiles hold together.
+
+Docker does not run on these machines: these checks are what can be verified without it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from analytics_service.core.config import Settings as AnalyticsSettings
+from chat_service.core.config import Settings as ChatSettings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_VERSION = "1.30.0"
+MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+
+
+def documents():
+    for path in MANIFESTS:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                yield path.name, document
+
+
+def known_setting(name: str) -> bool:
+    """True when an environment variable name maps onto a real setting (catches typos)."""
+    for prefix, settings in (("CHAT_", ChatSettings), ("ANALYTICS_", AnalyticsSettings)):
+        if name.startswith(prefix):
+            field, _, nested = name.removeprefix(prefix).lower().partition("__")
+            if field not in settings.model_fields:
+                return False
+            if nested:
+                model = settings.model_fields[field].annotation
+                return nested in model.model_fields  # type: ignore[union-attr]
+            return True
+    return name in {"OPENAI_API_KEY", "OPENAI_BASE_URL", "POSTGRES_PASSWORD", "POSTGRES_DB", "POSTGRES_USER", "PGDATA"}
+
+
+@pytest.mark.parametrize(("name", "document"), list(documents()), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_every_manifest_is_valid_kubernetes(name, document):
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_the_cluster_has_what_operators_expect():
+    kinds = {(d["kind"], d["metadata"]["name"]) for _, d in documents()}
+    for expected in [
+        ("Deployment", "chat"),
+        ("Deployment", "analytics"),
+        ("Service", "chat"),
+        ("Service", "analytics"),
+        ("HorizontalPodAutoscaler", "chat"),
+        ("PodDisruptionBudget", "chat"),
+        ("PodDisruptionBudget", "analytics"),
+        ("ConfigMap", "daca-config"),
+        ("Secret", "daca-secrets"),
+        ("StatefulSet", "postgres"),
+    ]:
+        assert expected in kinds
+
+
+def test_deployments_have_probes_resources_and_run_as_non_root():
+    for _, document in documents():
+        if document["kind"] != "Deployment":
+            continue
+        spec = document["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for container in spec["containers"]:
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_every_configured_variable_is_a_real_setting():
+    names = set()
+    for _, document in documents():
+        if document["kind"] in ("ConfigMap", "Secret"):
+            names |= set(document.get("data", {})) | set(document.get("stringData", {}))
+        if document["kind"] in ("Deployment", "StatefulSet"):
+            for container in document["spec"]["template"]["spec"]["containers"]:
+                names |= {env["name"] for env in container.get("env", [])}
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for service in compose["services"].values():
+        names |= set(service.get("environment", {}))
+    unknown = sorted(n for n in names if not known_setting(n))
+    assert unknown == []
+
+
+def test_compose_runs_analytics_on_postgres_and_chat_in_front():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "analytics", "chat"}
+    assert services["analytics"]["environment"]["ANALYTICS_DATABASE_URL"].startswith("postgresql://")
+    assert services["analytics"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["chat"]["environment"]["CHAT_ANALYTICS_URL"] == "http://analytics:8001"
+    token = services["analytics"]["environment"]["ANALYTICS_API_TOKEN"]
+    assert services["chat"]["environment"]["CHAT_ANALYTICS_API_TOKEN"] == token
+    for name, service in services.items():
+        assert "healthcheck" in service, name
+    for name in ("analytics", "chat"):
+        dockerfile = DEPLOY.parent / services[name]["build"]["dockerfile"]
+        assert dockerfile.exists()
+
+
+@pytest.mark.parametrize("service", ["chat", "analytics"])
+def test_dockerfiles_are_multi_stage_non_root_and_checked(service):
+    text = (DEPLOY / f"{service}.Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) == 2
+    assert "uv sync --frozen --no-dev" in text
+    assert re.search(r"^USER 10001$", text, re.MULTILINE)
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    module = "chat_service" if service == "chat" else "analytics_service"
+    assert f'"{module}.main:app"' in text
