@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging
 from servicekit.middleware import RequestContextMiddleware
+from servicekit.runtime import freeze_startup_objects
 
 from .api import analytics, health
 from .api.deps import State
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.start()
         if settings.seed_demo_data:
             await load_demo_data(store)
+        freeze_startup_objects()
         try:
             yield {"settings": settings, "store": store, "metrics": metrics}
         finally:

@@ -15,6 +15,7 @@ from resilience import Pipeline, classify_httpx, log_event
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
+from servicekit.runtime import freeze_startup_objects
 from servicekit.transport import PooledTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
@@ -59,13 +60,15 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         deliverer.start()
         llm = build_llm(settings)
         limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
+        agents = PersonalizedAgents(build_agent(llm.model))
+        freeze_startup_objects()
         log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
         try:
             yield {
                 "settings": settings,
                 "metrics": metrics,
                 "analytics": analytics,
-                "agent": PersonalizedAgents(build_agent(llm.model)),
+                "agent": agents,
                 "llm": llm,
                 "outbox": outbox,
                 "deliverer": deliverer,
