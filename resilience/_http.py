@@ -28,23 +28,19 @@ async def send(
     Statuses in `answers` (say 404 for a lookup) are returned as values, not failures.
 
     Each attempt's connect, write, pool and read limits come from the policy, clipped to the
-    time left before the call's deadline. The response body is read inside the attempt, so a
-    peer that stalls mid-body is caught by the same limits.
+    time left before the call's deadline. `client.send` reads the whole body inside the attempt,
+    so a peer that stalls mid-body is caught by the same limits.
     """
     limits = pipeline.policy.timeouts
 
     async def attempt(remaining: float) -> httpx.Response:
-        request.extensions["timeout"] = httpx.Timeout(
-            connect=min(limits.connect, remaining),
-            read=min(limits.read, remaining),
-            write=min(limits.write, remaining),
-            pool=min(limits.pool, remaining),
-        ).as_dict()
+        request.extensions["timeout"] = {
+            "connect": min(limits.connect, remaining),
+            "read": min(limits.read, remaining),
+            "write": min(limits.write, remaining),
+            "pool": min(limits.pool, remaining),
+        }
         response = await client.send(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
         if response.status_code not in answers:
             response.raise_for_status()
         return response

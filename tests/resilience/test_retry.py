@@ -189,3 +189,29 @@ async def test_retries_emit_named_events(make_harness):
     await get(h)
     assert h.names() == ["attempt_failed", "retry_scheduled"]
     assert h.events[1].fields["attempt"] == 1
+
+
+async def test_a_bug_on_a_retry_still_propagates_unchanged(make_harness):
+    h = make_harness()
+    replies = iter([httpx.Response(503)])
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        try:
+            return next(replies)
+        except StopIteration:
+            raise KeyError("bug in the second attempt") from None
+
+    h.handler = handler
+    with pytest.raises(KeyError):
+        await get(h)
+    assert h.pipeline.bulkhead.in_flight == 0
+
+
+async def test_a_breaker_opened_by_others_during_backoff_ends_the_retries(make_harness):
+    h = make_harness(breaker_failures=2, deadline=100)
+    h.handler = lambda _: httpx.Response(503)
+    first, second = await asyncio.gather(get(h, "/a"), get(h, "/b"))
+    # One call's failure opened the breaker while the other slept before its retry.
+    assert sorted([first.attempts, second.attempts]) == [1, 1]
+    assert {first.reason, second.reason} == {"breaker_open"}
+    assert len(h.requests) == 2
