@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
@@ -44,7 +43,3 @@ class Recorded(BaseModel):
 
 class BatchResult(BaseModel):
     results: list[Recorded]
-
-
-def as_utc_text(moment: datetime) -> str:
-    return moment.isoformat()

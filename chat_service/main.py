@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "settings": settings,
                 "metrics": metrics,
                 "analytics": analytics,
-                "agent": agents,
+                "agents": agents,
                 "llm": llm,
                 "outbox": outbox,
                 "deliverer": deliverer,

@@ -26,9 +26,6 @@ class LoadResult:
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
 
-    def window(self, start: float, end: float) -> list[Sample]:
-        return [s for s in self.samples if start <= s.started < end]
-
 
 def percentile(values: list[float], q: float) -> float:
     if not values:

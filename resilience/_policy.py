@@ -25,11 +25,6 @@ class Timeouts:
         for name in ("connect", "read", "write", "pool"):
             _require(getattr(self, name) > 0, f"timeouts.{name} must be > 0")
 
-    @property
-    def longest(self) -> float:
-        """An upper bound for one attempt's wall time, before the deadline clips it."""
-        return self.connect + self.pool + self.write + self.read
-
 
 @dataclass(frozen=True, slots=True)
 class Policy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from pydantic import StringConstraints
@@ -16,7 +15,3 @@ USER_ID_PATTERN = (
 )
 
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
-
-
-def is_user_id(value: str) -> bool:
-    return re.fullmatch(USER_ID_PATTERN, value) is not None

@@ -16,7 +16,7 @@ from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
 from ..models import Message, Metadata, Response
 from ..outbox import OutboxFull
-from .deps import AgentDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
+from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
 router = APIRouter()
 log = get_logger("chat")
@@ -47,7 +47,7 @@ async def chat(
     message: Message,
     settings: SettingsDep,
     analytics: AnalyticsDep,
-    agents: AgentDep,
+    agents: AgentsDep,
     llm: LLMDep,
     outbox: OutboxDep,
     deliverer: DelivererDep,

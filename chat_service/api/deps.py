@@ -20,7 +20,7 @@ class State(TypedDict):
     settings: Settings
     metrics: ChatMetrics
     analytics: AnalyticsClient
-    agent: PersonalizedAgents
+    agents: PersonalizedAgents
     llm: LLM
     outbox: Outbox
     deliverer: Deliverer
@@ -39,8 +39,8 @@ async def get_analytics(request: Request) -> AnalyticsClient:
     return request.state.analytics  # type: ignore[no-any-return]
 
 
-async def get_agent(request: Request) -> PersonalizedAgents:
-    return request.state.agent  # type: ignore[no-any-return]
+async def get_agents(request: Request) -> PersonalizedAgents:
+    return request.state.agents  # type: ignore[no-any-return]
 
 
 async def get_llm(request: Request) -> LLM:
@@ -62,7 +62,7 @@ async def get_rate_limiter(request: Request) -> RateLimiter | None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
 AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
-AgentDep = Annotated[PersonalizedAgents, Depends(get_agent)]
+AgentsDep = Annotated[PersonalizedAgents, Depends(get_agents)]
 LLMDep = Annotated[LLM, Depends(get_llm)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]

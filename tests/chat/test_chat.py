@@ -111,3 +111,21 @@ async def test_request_ids_reach_analytics_and_come_back(chat_with):
         assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])
     assert seen[0] == "req-42"
     assert generated.headers["x-request-id"] in seen
+
+
+async def test_the_offline_model_streams_too():
+    from agents import RunConfig, Runner
+
+    from chat_service.agent.agent import PersonalizedAgents
+    from chat_service.agent.tools import ChatContext
+
+    agents = PersonalizedAgents(build_agent(OfflineModel()), limit=1)
+    agent = agents.for_count(3)
+    assert agents.for_count(3) is agent, "copies are made once per count"
+    assert agents.for_count(4) is not agent, "the cache starts over at its limit"
+    result = Runner.run_streamed(
+        agent, "what time is it?", context=ChatContext("u", None), run_config=RunConfig(tracing_disabled=True)
+    )
+    async for _ in result.stream_events():
+        pass
+    assert "You have sent 3 messages" in result.final_output and "UTC" in result.final_output

@@ -41,10 +41,9 @@ def test_impossible_policies_are_refused(bad):
         Policy(**bad)
 
 
-def test_timeouts_are_validated_and_bounded():
+def test_timeouts_are_validated():
     with pytest.raises(ValueError):
         Timeouts(read=0)
-    assert Timeouts(1, 2, 3, 4).longest == 10
 
 
 async def test_system_clock_moves_and_sleeps():
