@@ -21,6 +21,14 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
+class _StaleConnection(Exception):
+    """A reused connection was closed by the peer before any byte of the response."""
+
+
+def _replayable(request: httpx.Request) -> bool:
+    return request.method in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE") or "idempotency-key" in request.headers
+
+
 @dataclass(eq=False)
 class _Connection:
     reader: asyncio.StreamReader
@@ -45,7 +53,8 @@ async def _timed(awaitable, seconds: float | None, error: type[httpx.TimeoutExce
 class PooledTransport(httpx.AsyncBaseTransport):
     """Keeps up to `max_connections` connections per origin; idle ones expire after `keepalive_expiry`."""
 
-    def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 5.0) -> None:
+    def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 4.0) -> None:
+        # 4 s: under uvicorn's 5 s keep-alive, so we rarely pick a connection the server is closing.
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
@@ -62,15 +71,23 @@ class PooledTransport(httpx.AsyncBaseTransport):
         slots = self._slots.setdefault(origin, asyncio.Semaphore(self.max_connections))
         await _timed(slots.acquire(), timeouts.get("pool"), httpx.PoolTimeout, request)
         try:
-            return await self._exchange(request, origin, timeouts)
+            try:
+                return await self._exchange(request, origin, timeouts)
+            except _StaleConnection:
+                # The server closed a reused connection before answering (its keep-alive ran out
+                # as we sent). Nothing was processed-and-answered; an idempotent request goes
+                # again, once, on a new connection.
+                if not _replayable(request):
+                    raise httpx.RemoteProtocolError("peer closed a reused connection", request=request) from None
+                return await self._exchange(request, origin, timeouts, fresh=True)
         finally:
             slots.release()
 
     async def _exchange(
-        self, request: httpx.Request, origin: tuple[str, int], timeouts: dict[str, float | None]
+        self, request: httpx.Request, origin: tuple[str, int], timeouts: dict[str, float | None], *, fresh: bool = False
     ) -> httpx.Response:
         body = await request.aread()
-        connection = self._take_idle(origin)
+        connection = None if fresh else self._take_idle(origin)
         reused = connection is not None
         if connection is None:
             connection = await self._connect(origin, timeouts.get("connect"), request)
@@ -82,8 +99,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 _read_response(connection.reader, request.method), timeouts.get("read"), httpx.ReadTimeout, request
             )
         except (asyncio.IncompleteReadError, ConnectionError) as error:
-            message = "peer closed a reused connection" if reused else "peer closed the connection"
-            raise httpx.RemoteProtocolError(message, request=request) from error
+            nothing_read = not isinstance(error, asyncio.IncompleteReadError) or not error.partial
+            if reused and nothing_read:
+                raise _StaleConnection from error
+            raise httpx.RemoteProtocolError("peer closed the connection", request=request) from error
         except (asyncio.LimitOverrunError, ValueError) as error:
             raise httpx.RemoteProtocolError(f"malformed response: {error}", request=request) from error
         finally:

@@ -22,6 +22,7 @@ class Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.append(writer)
+        requests_here = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -31,6 +32,7 @@ class Server:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length) if length else b""
+                requests_here += 1
                 if path == b"/ok":
                     writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"ok": true}')
                 elif path == b"/echo":
@@ -52,6 +54,11 @@ class Server:
                     return
                 elif path == b"/empty":
                     writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                elif path == b"/drop" and requests_here > 1:
+                    writer.close()  # as a server whose keep-alive ran out just as the request came in
+                    return
+                elif path == b"/drop":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 elif path == b"/hang":
                     await asyncio.sleep(3600)
                 elif path == b"/garbage":
@@ -182,3 +189,14 @@ def socket_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+async def test_a_reused_connection_closed_before_answering_is_replayed_once_for_idempotent_requests(server):
+    fake, client = server
+    assert (await client.get("/drop")).text == "ok"
+    assert (await client.get("/drop")).text == "ok", "the GET went again on a new connection"
+    assert fake.connections == 2
+    await client.get("/ok")  # leaves a reused connection to be dropped by the POST below
+    with pytest.raises(httpx.RemoteProtocolError, match="reused"):
+        await client.post("/drop", json={})
+    assert (await client.post("/drop", json={}, headers={"Idempotency-Key": "k"})).text == "ok"
