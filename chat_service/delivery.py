@@ -8,10 +8,14 @@ import contextlib
 from resilience import Ok
 from servicekit.logging import get_logger
 
-from .analytics_client import AnalyticsClient
+from .analytics_client import AnalyticsClient, RecordItem
 from .outbox import Outbox
 
 log = get_logger("outbox")
+
+# Statuses that mean "this record is invalid", as opposed to "not now" (5xx, 429) or "we are
+# misconfigured" (401, 403): only these may take a record out of the delivery queue.
+REFUSED_AS_INVALID = frozenset({400, 413, 422})
 
 
 class Deliverer:
@@ -80,10 +84,27 @@ class Deliverer:
             self.delivered += len(ids)
             self._failures = 0
             return True
+        if outcome.status in REFUSED_AS_INVALID:
+            await self._isolate(claimed)
+            return True
         self.outbox.release(ids)
         self._failures += 1
         log.warning("outbox_delivery_failed", reason=outcome.reason, waiting=self.outbox.depth())
         return False
+
+    async def _isolate(self, claimed: list[tuple[int, RecordItem]]) -> None:
+        """Analytics refused a batch as invalid: send its records one by one, and set aside
+        each one refused on its own, so one bad record never blocks the ones behind it."""
+        for row_id, item in claimed:
+            outcome = await self.client.record_batch([item])
+            if isinstance(outcome, Ok):
+                self.outbox.acknowledge([row_id])
+                self.delivered += 1
+            elif outcome.status in REFUSED_AS_INVALID:
+                self.outbox.dead_letter(row_id, outcome.status)
+                log.error("outbox_dead_letter", message_id=item.message_id, status=outcome.status)
+            else:
+                self.outbox.release([row_id])
 
     async def _run(self) -> None:
         while True:

@@ -14,8 +14,14 @@ MAX_TEXT_CHARS = 100_000  # a hard ceiling; CHAT_MAX_TEXT_CHARS sets the working
 
 
 def _as_utc(moment: datetime) -> datetime:
-    # A naive timestamp is read as UTC; every timestamp leaves as timezone-aware UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    # A naive timestamp is read as UTC; every timestamp leaves as timezone-aware UTC, except one
+    # so close to year 1 or 9999 that UTC cannot hold it: that one keeps its own offset.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return moment
 
 
 def _utc_now() -> datetime:

@@ -25,6 +25,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     claimed_by INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_claims ON outbox (claimed_until, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    status INTEGER,
+    failed_at REAL NOT NULL
+);
 """
 
 
@@ -113,6 +121,19 @@ class Outbox:
 
     def acknowledge(self, ids: Sequence[int]) -> None:
         self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def dead_letter(self, row_id: int, status: int | None) -> None:
+        """Move a record analytics refuses as invalid out of the way, keeping it for a human."""
+        with self.db:  # one transaction: the record is never in both tables, nor in neither
+            self.db.execute(
+                "INSERT INTO dead_letters (id, user_id, message_id, timestamp, status, failed_at) "
+                "SELECT id, user_id, message_id, timestamp, ?, ? FROM outbox WHERE id = ?",
+                (status, time.time(), row_id),
+            )
+            self.db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+
+    def dead_letters(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
     def release(self, ids: Sequence[int]) -> None:
         self.db.executemany("UPDATE outbox SET claimed_until = 0 WHERE id = ?", [(i,) for i in ids])

@@ -49,7 +49,7 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
             }
             for name, p in pipelines.items()
         },
-        "outbox": {"depth": outbox.exact_depth(), "delivered": deliverer.delivered},
+        "outbox": {"depth": outbox.exact_depth(), "delivered": deliverer.delivered, "dead_letters": outbox.dead_letters()},
         "llm": {"provider": llm.provider},
     }
 
@@ -58,4 +58,5 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
 async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
     """Prometheus metrics."""
     registry.outbox_depth.set(outbox.depth())
+    registry.outbox_dead_letters.set(outbox.dead_letters())
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -34,6 +34,9 @@ class ChatMetrics(HttpMetrics):
             "chat_breaker_transitions_total", "Breaker state changes", ["target", "state"], registry=registry
         )
         self.outbox_depth = Gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry)
+        self.outbox_dead_letters = Gauge(
+            "chat_outbox_dead_letters", "Records analytics refused as invalid, set aside for a human", registry=registry
+        )
         self.llm_latency = Histogram("chat_llm_run_seconds", "Whole agent runs", buckets=LATENCY_BUCKETS, registry=registry)
         self.llm_errors = Counter("chat_llm_errors_total", "Failed agent runs", ["kind"], registry=registry)
 

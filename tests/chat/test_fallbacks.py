@@ -7,6 +7,8 @@ import asyncio
 import httpx
 import pytest
 
+from chat_service.analytics_client import RecordItem
+from chat_service.outbox import Outbox
 from tests.chat.conftest import drained, running_analytics
 
 
@@ -85,3 +87,21 @@ async def test_records_wait_in_the_outbox_until_analytics_returns(tmp_path, chat
             await drained(chat, timeout=10)
         async with httpx.AsyncClient(transport=real, base_url="http://analytics") as direct:
             assert (await direct.get("/analytics/alice")).json() == {"message_count": 5 + 5}
+
+
+async def test_a_record_analytics_refuses_is_set_aside_and_the_rest_get_through(tmp_path, chat_with):
+    # A poison record already on disk (written by an older version, say): analytics answers 422.
+    poison = Outbox(str(tmp_path / "outbox.sqlite3"), max_rows=10)
+    poison.open()
+    poison.append(RecordItem("alice", "poison", "not a timestamp"))
+    poison.close()
+    async with (
+        running_analytics(tmp_path) as real,
+        chat_with(real) as chat,
+        httpx.AsyncClient(transport=real, base_url="http://analytics") as direct,
+    ):
+        for _ in range(3):
+            assert (await chat.post("/chat/", json={"user_id": "alice", "text": "hi"})).status_code == 200
+        await drained(chat)
+        assert (await chat.get("/health/dependencies")).json()["outbox"]["dead_letters"] == 1
+        assert (await direct.get("/analytics/alice")).json() == {"message_count": 5 + 3}

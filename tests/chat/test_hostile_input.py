@@ -156,3 +156,10 @@ async def test_an_unreachable_redis_lets_chats_through(chat_with, analytics_tran
     async with chat_with(analytics_transport, rate_limit_per_minute=1, redis_url="redis://127.0.0.1:1/0") as chat:
         statuses = {(await chat.post("/chat/", json={"user_id": "bob", "text": "hi"})).status_code for _ in range(3)}
     assert statuses == {200}
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_timestamps_at_the_edges_of_time_are_accepted_not_500(chat, stamp):
+    # Found by schemathesis: converting these to UTC overflows Python's datetime.
+    response = await chat.post("/chat/", json={"user_id": "bob", "text": "hi", "metadata": {"timestamp": stamp}})
+    assert response.status_code == 200

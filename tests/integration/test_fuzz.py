@@ -3,6 +3,8 @@ and every answer conforms to the schema."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +13,8 @@ from load_tests.processes import ServiceProcess, analytics_env, chat_env
 
 pytestmark = pytest.mark.integration
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+# FUZZ_EXAMPLES=500 for a deeper search than the suite's default.
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
