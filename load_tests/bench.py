@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--soak", type=float, default=0.0, help="then run chat this many seconds, sampling RSS")
+    parser.add_argument("--chat-workers", type=int, default=1, help="uvicorn workers for chat (the floor keeps 1)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -86,6 +87,7 @@ def main() -> None:
             print(f"{name}:", json.dumps(results[name]), flush=True)
         chat = ServiceProcess(
             "chat_service.main:app",
+            workers=args.chat_workers,
             extra_args=FAST,
             log_path=work / "chat.log",
             env=chat_env(analytics.url, work / "outbox.sqlite3", CHAT_LOG_LEVEL="WARNING"),
