@@ -74,7 +74,7 @@ def test_a_frozen_analytics_costs_the_deadline_then_the_breaker_opens(make_stack
             assert response.status_code == 200 and "0 messages" in response.json()["reply"]
         assert max(timings) < 0.5 + 1.0, timings  # the read deadline plus a generous margin
         assert stack.dependencies()["analytics"]["read"]["breaker"] == "open"
-        assert min(timings[-2:]) < 0.25, "an open breaker answers without waiting"
+        assert min(timings[-2:]) < 0.45, "an open breaker answers without waiting out the 0.5 s deadline"
     finally:
         stack.analytics.signal(signal.SIGCONT)
     time.sleep(1.1)

@@ -98,7 +98,7 @@ async def test_the_deadline_holds_against_a_server_that_hangs():
         outcome = await send(pipeline, client, client.build_request("GET", "/x"))
         elapsed = time.monotonic() - started
     assert outcome.reason == "deadline"  # the attempt ran out of time, and no time was left to retry
-    assert elapsed < 0.2 + 0.15, f"deadline 0.2 s overshot: {elapsed:.3f} s"
+    assert elapsed < 0.2 + 0.3, f"deadline 0.2 s overshot: {elapsed:.3f} s"  # generous: noisy machines
 
 
 async def test_transport_errors_are_classified_and_retried(make_harness):
