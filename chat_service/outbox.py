@@ -100,12 +100,17 @@ class Outbox:
         return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     def append(self, item: RecordItem) -> None:
-        if self.depth() >= self.max_rows and self.exact_depth() >= self.max_rows:
-            raise OutboxFull
-        self.db.execute(
-            "INSERT INTO outbox (user_id, message_id, timestamp) VALUES (?, ?, ?)",
-            (item.user_id, item.message_id, item.timestamp),
-        )
+        row = (item.user_id, item.message_id, item.timestamp)
+        # One statement on the request path: insert unless the id span says the outbox may be full.
+        inserted = self.db.execute(
+            "INSERT INTO outbox (user_id, message_id, timestamp) SELECT ?, ?, ? "
+            "WHERE (SELECT coalesce(max(id) - min(id) + 1, 0) FROM outbox) < ?",
+            (*row, self.max_rows),
+        ).rowcount
+        if not inserted:
+            if self.exact_depth() >= self.max_rows:  # the span overstates when rows left out of order
+                raise OutboxFull
+            self.db.execute("INSERT INTO outbox (user_id, message_id, timestamp) VALUES (?, ?, ?)", row)
 
     def claim(self, limit: int) -> list[tuple[int, RecordItem]]:
         """Take up to `limit` of the oldest unclaimed records for delivery."""

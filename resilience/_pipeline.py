@@ -89,27 +89,23 @@ class Pipeline:
         # Fast path: most calls succeed at once, and building tenacity's machinery costs ~40 us.
         # It is built only when a retry may be needed, and replays the first failure as its
         # attempt 1, so waits, stops and events are exactly those of a tenacity-only loop.
-        try:
-            return Ok(await self._one_attempt(attempt, deadline), attempts=1)
-        except _Unknown as unknown:
-            raise unknown.error from None
-        except _Rejected:
-            return self._fallback(Fallback("breaker_open", attempts=0))
-        except Exception as error:  # only classified failures get here (see _one_attempt)
-            if attempts == 1 or not self._is_transient(error):
-                return self._failed(error, 1, None)
-            first_failure = error
+        number = 1
         stop_reason: list[Reason] = []
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(self._is_transient),
-            wait=self._wait,
-            stop=lambda state: self._stop(state, deadline, attempts, stop_reason),
-            sleep=self._clock.sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        number = 0
         try:
+            try:
+                return Ok(await self._one_attempt(attempt, deadline), attempts=1)
+            except Exception as error:
+                if attempts == 1 or not self._is_transient(error):
+                    raise
+                first_failure = error
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(self._is_transient),
+                wait=self._wait,
+                stop=lambda state: self._stop(state, deadline, attempts, stop_reason),
+                sleep=self._clock.sleep,
+                before_sleep=self._before_sleep,
+                reraise=True,
+            )
             async for attempt_manager in retrying:
                 number = attempt_manager.retry_state.attempt_number
                 with attempt_manager:

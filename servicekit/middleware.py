@@ -22,6 +22,10 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
 def _route_template(scope: Scope) -> str:
+    # The router records the route it matched; match again only when none ran (404s, early 413s).
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", scope["path"]))
     app = scope.get("app")
     router = getattr(app, "router", None)
     for route in getattr(router, "routes", ()):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience import Policy, Timeouts
 from servicekit.logging import LogFormat
+from servicekit.validation import OptionalSecret, OptionalText
 
 
 class PolicySettings(BaseModel):
@@ -56,7 +57,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHAT_", env_nested_delimiter="__", extra="ignore")
 
     analytics_url: str = "http://localhost:8001"
-    analytics_api_token: SecretStr | None = None
+    analytics_api_token: OptionalSecret = None
     analytics_read: PolicySettings = Field(default_factory=PolicySettings)
     analytics_record: PolicySettings = Field(default_factory=_record_policy)
     analytics_max_connections: int = Field(100, ge=1)
@@ -69,8 +70,8 @@ class Settings(BaseSettings):
 
     llm_provider: Literal["auto", "offline", "openai"] = "auto"
     model: str = "gpt-4o"
-    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHAT_OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHAT_OPENAI_BASE_URL"))
+    openai_api_key: OptionalSecret = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHAT_OPENAI_API_KEY"))
+    openai_base_url: OptionalText = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHAT_OPENAI_BASE_URL"))
     llm_timeout: float = Field(20.0, gt=0, description="Per LLM request, seconds")
     llm_max_retries: int = Field(1, ge=0, le=5)
     run_deadline: float = Field(45.0, gt=0, description="Whole agent run, tools included, seconds")
@@ -82,16 +83,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = ["http://localhost:3000"]
 
     rate_limit_per_minute: int | None = Field(None, ge=1, description="Chats per user per minute; off when unset")
-    redis_url: str | None = None
+    redis_url: OptionalText = None
 
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
-
-    @field_validator("analytics_api_token", "openai_api_key", "openai_base_url", "redis_url", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # Compose and Kubernetes pass unset variables as "": that must not mean "use OpenAI".
-        return None if value == "" else value
 
     @property
     def use_openai(self) -> bool:

@@ -10,15 +10,7 @@ import pytest
 from chat_service.analytics_client import RecordItem
 from chat_service.outbox import Outbox
 from tests.chat.conftest import drained, running_analytics
-
-
-def refuse(_: httpx.Request) -> httpx.Response:
-    raise httpx.ConnectError("connection refused")
-
-
-async def hang(_: httpx.Request) -> httpx.Response:
-    await asyncio.sleep(3600)
-    raise AssertionError("unreachable")
+from tests.fakes.handlers import hang, refuse
 
 
 @pytest.mark.parametrize(

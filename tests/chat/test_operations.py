@@ -6,6 +6,8 @@ import re
 
 import httpx
 
+from tests.fakes.handlers import refuse
+
 
 async def test_metrics_cover_requests_analytics_outcomes_llm_and_outbox(chat_with, analytics_transport):
     async with chat_with(analytics_transport) as chat:
@@ -38,9 +40,6 @@ async def test_breaker_retry_and_fallback_metrics(chat_with):
 
 
 async def test_chat_is_ready_while_analytics_is_down(chat_with):
-    def refuse(_: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("down")
-
     async with chat_with(httpx.MockTransport(refuse)) as chat:
         assert (await chat.get("/readyz")).json() == {"status": "ok"}
         assert (await chat.get("/healthz")).json() == {"status": "ok"}

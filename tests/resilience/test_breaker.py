@@ -7,6 +7,7 @@ import asyncio
 import httpx
 
 from resilience import Fallback, Ok, send
+from tests.fakes.handlers import hang
 
 
 async def get(h, path="/x"):
@@ -101,10 +102,6 @@ async def test_404_and_other_4xx_are_not_failures(make_harness):
 async def test_cancellation_is_not_a_failure(make_harness):
     h = make_harness(attempts=1, breaker_failures=1)
 
-    async def hang(_: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
     h.handler = hang
     for _ in range(3):
         task = asyncio.create_task(get(h))
@@ -126,10 +123,6 @@ async def test_a_cancelled_probe_frees_the_half_open_slot(make_harness):
     h.handler = lambda _: httpx.Response(503)
     await get(h)
     h.clock.advance(1.0)
-
-    async def hang(_: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
 
     h.handler = hang
     probe = asyncio.create_task(get(h))

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from resilience import Fallback, FallbackError, InvalidResponseError, Ok, Pipeline, Policy, classify_httpx, send
+from tests.fakes.handlers import hang
 
 
 async def get(h, path="/x", **kw):
@@ -88,10 +89,6 @@ async def test_no_sleep_would_cross_the_deadline(make_harness):
 
 
 async def test_the_deadline_holds_against_a_server_that_hangs():
-    async def hang(_: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
     pipeline = Pipeline("peer", Policy(deadline=0.2), on=classify_httpx, hooks=())
     async with httpx.AsyncClient(transport=httpx.MockTransport(hang), base_url="http://peer") as client:
         started = time.monotonic()
