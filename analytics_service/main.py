@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -30,15 +30,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         configure_logging(level=settings.log_level, fmt=settings.log_format)
-        store = open_store(settings.database_url, pool_size=settings.postgres_pool_size)
-        await store.start()
-        if settings.seed_demo_data:
-            await load_demo_data(store)
-        freeze_startup_objects()
-        try:
+        async with AsyncExitStack() as resources:
+            store = open_store(settings.database_url, pool_size=settings.postgres_pool_size)
+            # Registered before start: a store that fails half-way through starting still closes
+            # what it opened (close() is safe on a store that never opened).
+            resources.push_async_callback(store.close)
+            await store.start()
+            if settings.seed_demo_data:
+                await load_demo_data(store)
+            freeze_startup_objects()
             yield {"settings": settings, "store": store, "metrics": metrics}
-        finally:
-            await store.close()
 
     app = FastAPI(
         title="DACA Analytics Service",

@@ -12,6 +12,7 @@ import structlog
 from pydantic import SecretStr
 
 from resilience import IDEMPOTENCY_HEADER, Fallback, Outcome, Pipeline, Reason, send
+from servicekit.context import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -51,7 +52,7 @@ class AnalyticsClient:
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(self._auth)
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        request_id = current_request_id()
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         if extra:

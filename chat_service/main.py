@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -43,27 +43,36 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         configure_logging(level=settings.log_level, fmt=settings.log_format)
         log = get_logger("lifespan")
         hooks = (log_event, metrics.on_resilience_event)
-        http = httpx.AsyncClient(
-            base_url=settings.analytics_url,
-            transport=transport or PooledTransport(max_connections=settings.analytics_max_connections),
-            timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
-        )
-        analytics = AnalyticsClient(
-            http,
-            read=Pipeline("analytics-read", settings.analytics_read.to_policy(), on=classify_httpx, hooks=hooks),
-            record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
-            token=settings.analytics_api_token,
-        )
-        outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows)
-        outbox.open()
-        deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
-        deliverer.start()
-        llm = build_llm(settings)
-        limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
-        agents = PersonalizedAgents(build_agent(llm.model))
-        freeze_startup_objects()
-        log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
-        try:
+        # Every resource is entered on the stack as soon as it exists, so a failing start-up step
+        # or a failing flush still closes everything opened before it, in reverse order.
+        async with AsyncExitStack() as resources:
+            http = await resources.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=settings.analytics_url,
+                    transport=transport or PooledTransport(max_connections=settings.analytics_max_connections),
+                    timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
+                )
+            )
+            analytics = AnalyticsClient(
+                http,
+                read=Pipeline("analytics-read", settings.analytics_read.to_policy(), on=classify_httpx, hooks=hooks),
+                record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
+                token=settings.analytics_api_token,
+            )
+            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows)
+            outbox.open()
+            resources.callback(outbox.close)
+            deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
+            deliverer.start()
+            resources.push_async_callback(deliverer.stop)
+            llm = build_llm(settings)
+            resources.push_async_callback(llm.close)
+            limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
+            if limiter is not None:
+                resources.push_async_callback(limiter.close)
+            agents = PersonalizedAgents(build_agent(llm.model))
+            freeze_startup_objects()
+            log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
             yield {
                 "settings": settings,
                 "metrics": metrics,
@@ -74,15 +83,10 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "deliverer": deliverer,
                 "rate_limiter": limiter,
             }
-        finally:
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
+            # The clients and the outbox are still open here; the stack closes them afterwards.
             await deliverer.flush(settings.shutdown_flush_seconds)
-            await http.aclose()
-            await llm.close()
-            if limiter is not None:
-                await limiter.close()
-            outbox.close()
-            log.info("chat_stopped")
+        log.info("chat_stopped")
 
     app = FastAPI(
         title="DACA Chat Service",

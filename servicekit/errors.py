@@ -7,8 +7,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from .logging import get_logger
-
 
 def _safe_errors(exc: RequestValidationError) -> list[dict[str, object]]:
     # Echoing the input back can reflect secrets or megabytes: keep location, message and type.
@@ -16,7 +14,10 @@ def _safe_errors(exc: RequestValidationError) -> list[dict[str, object]]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """422 for bad input, the HTTPException's own body, and a plain JSON 500 for bugs."""
+    """422 for bad input and the HTTPException's own body.
+
+    The plain JSON 500 for bugs is answered by `RequestContextMiddleware`, so it carries the request id.
+    """
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -25,8 +26,3 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-        get_logger("errors").exception("unhandled_error", error=type(exc).__name__)
-        return JSONResponse({"detail": "Internal server error"}, status_code=500)

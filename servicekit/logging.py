@@ -8,6 +8,8 @@ from typing import Literal
 
 import structlog
 
+from .context import current_request_id
+
 LogFormat = Literal["auto", "json", "console"]
 
 _SECRET_KEYS = frozenset({"authorization", "api_key", "token", "openai_api_key", "password"})
@@ -17,6 +19,13 @@ def _redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.
     for key in list(event):
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
+    return event
+
+
+def _add_request_id(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    request_id = current_request_id()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
     return event
 
 
@@ -34,6 +43,7 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,

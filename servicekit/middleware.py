@@ -1,6 +1,8 @@
-"""One pure-ASGI middleware for every request: id, body cap, access line, metrics.
+"""One pure-ASGI middleware for every request: id, body cap, access line, metrics, last-resort 500.
 
 Pure ASGI rather than BaseHTTPMiddleware: it costs a few microseconds, not a task per request.
+It also answers the 500 for an unhandled error itself: Starlette's own error middleware sits
+outside every user middleware, so its 500 would leave without the request id.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import structlog
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .context import REQUEST_ID
 from .logging import get_logger
 from .metrics import HttpMetrics
 
@@ -66,7 +69,7 @@ class RequestContextMiddleware:
             return
         request_id = self._request_id(scope)
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        id_token = REQUEST_ID.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -74,12 +77,14 @@ class RequestContextMiddleware:
 
         refused = False  # True once we answered 413 to a body that grew past the cap
 
+        started_response = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if refused:
                 return  # the app's own answer to the truncated body is not for the client
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message["headers"] = [*message.get("headers", ()), header_id]
             await send(message)
 
@@ -103,6 +108,13 @@ class RequestContextMiddleware:
                 await _send_json(send, 413, {"detail": "Request body too large"}, request_id)
             else:
                 await self.app(scope, capped_receive, send_with_id)
+        except Exception as error:
+            # A bug: the traceback goes to the log, the client gets a plain 500 with its request id
+            # (or, when the response had already started, a connection that ends).
+            status = 500
+            self.log.exception("unhandled_error", error=type(error).__name__)
+            if not started_response and not refused:
+                await _send_json(send, 500, {"detail": "Internal server error"}, request_id)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
@@ -115,12 +127,13 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(elapsed * 1000, 3),
             )
+            REQUEST_ID.reset(id_token)
 
     @staticmethod
     def _request_id(scope: Scope) -> str:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                candidate = value.decode("latin-1")
+                candidate: str = value.decode("latin-1")
                 if _VALID_REQUEST_ID.match(candidate):
                     return candidate
         return uuid.uuid4().hex

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
 
-from ..models import Analytics, BatchResult, RecordBatch, Recorded, RecordMessage, UserId
+from servicekit.validation import UserId
+
+from ..models import Analytics, BatchResult, RecordBatch, Recorded, RecordMessage
 from ..storage import StoreRecord
 from .deps import Authorized, MetricsDep, SettingsDep, StoreDep
 
 router = APIRouter(dependencies=[Authorized])
 UserPath = Annotated[UserId, Path()]
 
-NOT_FOUND = {404: {"description": "User not found", "content": {"application/json": {"example": {"detail": "User not found"}}}}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "User not found", "content": {"application/json": {"example": {"detail": "User not found"}}}}
+}
 
 
 def _count_outcomes(metrics: MetricsDep, results: list[Recorded]) -> None:

@@ -52,12 +52,11 @@ class SqliteStore:
     async def start(self) -> None:
         def open_db() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 5000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
-            self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
         self._reader = sqlite3.connect(self.path, isolation_level=None)

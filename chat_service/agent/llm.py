@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
 from agents import Model, OpenAIChatCompletionsModel, RunConfig
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, Timeout
 
 from ..core.config import Settings
 from .offline_model import OfflineModel
@@ -32,7 +31,7 @@ def build_llm(settings: Settings) -> LLM:
     client = AsyncOpenAI(
         api_key=api_key,
         base_url=settings.openai_base_url,
-        timeout=httpx.Timeout(settings.llm_timeout, connect=min(5.0, settings.llm_timeout)),
+        timeout=Timeout(settings.llm_timeout, connect=min(5.0, settings.llm_timeout)),
         max_retries=settings.llm_max_retries,
     )
     tracing = settings.tracing_enabled and settings.openai_base_url is None

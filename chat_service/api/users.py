@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from ..models import UserAnalytics, UserId, UserInfo
+from servicekit.validation import UserId
+
+from ..models import UserAnalytics, UserInfo
 from .deps import AnalyticsDep, MetricsDep
 
 router = APIRouter()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
+import httpx
 import pytest
 import redis.asyncio as redis
 
@@ -79,11 +82,28 @@ async def test_other_limits_are_422(chat, extra):
     assert "hi" not in response.text or "text" in str(extra), "the input is never echoed back"
 
 
-async def test_timestamps_are_read_as_utc(chat):
-    body = {"user_id": "bob", "text": "hi", "metadata": {"timestamp": "2025-04-06T14:00:00+02:00", "session_id": "s-1"}}
-    response = await chat.post("/chat/", json=body)
-    assert response.status_code == 200
-    assert response.json()["metadata"]["session_id"] == "s-1"
+async def test_timestamps_are_read_as_utc(chat_with):
+    recorded: list[str] = []
+
+    def analytics(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            items = json.loads(request.content)["items"]
+            recorded.extend(item["timestamp"] for item in items)
+            return httpx.Response(200, json={"results": []})
+        return httpx.Response(404)
+
+    async with chat_with(httpx.MockTransport(analytics)) as chat:
+        for stamp, session in (("2025-04-06T14:00:00+02:00", "s-1"), ("2025-04-06T12:30:00", "s-2")):
+            body = {"user_id": "bob", "text": "hi", "metadata": {"timestamp": stamp, "session_id": session}}
+            response = await chat.post("/chat/", json=body)
+            assert response.status_code == 200
+            assert response.json()["metadata"]["session_id"] == session
+            assert response.json()["metadata"]["timestamp"].endswith("Z")
+        async with asyncio.timeout(5):
+            while len(recorded) < 2:
+                await asyncio.sleep(0.01)
+    # An offset is converted to UTC; a naive timestamp is read as UTC.
+    assert sorted(recorded) == ["2025-04-06T12:00:00+00:00", "2025-04-06T12:30:00+00:00"]
 
 
 async def test_malformed_json_is_422_not_500(chat):
