@@ -65,14 +65,21 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
-            llm = build_llm(settings)
-            resources.push_async_callback(llm.close)
+            llm = build_llm(settings, resources, hooks=(log_event, metrics.on_model_event), observer=metrics)
+            for endpoint in llm.endpoints:
+                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
-            log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
+            log.info(
+                "chat_started",
+                llm=llm.provider,
+                llm_endpoints=[endpoint.name for endpoint in llm.endpoints] + (["offline"] if llm.offline_fallback else []),
+                analytics=settings.analytics_url,
+                outbox_depth=outbox.depth(),
+            )
             yield {
                 "settings": settings,
                 "metrics": metrics,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -50,10 +50,18 @@ class Message(BaseModel):
     tags: Annotated[list[Tag], Field(max_length=16)] | None = None
 
 
+class ReplyMetadata(Metadata):
+    """The request's metadata, echoed; `fallback` appears only on a degraded reply."""
+
+    fallback: Literal["offline"] | None = Field(
+        None, description="'offline' when the offline model answered because no model endpoint could; absent otherwise"
+    )
+
+
 class Response(BaseModel):
     user_id: str
     reply: str
-    metadata: Metadata
+    metadata: ReplyMetadata
 
 
 class UserInfo(BaseModel):

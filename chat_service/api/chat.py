@@ -14,7 +14,7 @@ from servicekit.logging import get_logger
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
-from ..models import Message, Metadata, Response
+from ..models import Message, ReplyMetadata, Response
 from ..outbox import OutboxFull
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
@@ -31,7 +31,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     413: _error("Request body too large"),
     429: _error("Too many messages; retry after the Retry-After seconds"),
     502: _error("The model gave an answer we cannot use"),
-    503: _error("The model provider, or the local outbox, is unavailable"),
+    503: _error("The model provider, or the local outbox, is unavailable; retry after the Retry-After seconds"),
     504: _error("The model did not answer in time"),
 }
 
@@ -42,7 +42,7 @@ def _text_too_long(limit: int) -> HTTPException:
     )
 
 
-@router.post("/chat/", response_model=Response, responses=ERRORS)
+@router.post("/chat/", response_model=Response, response_model_exclude_none=True, responses=ERRORS)
 async def chat(
     message: Message,
     settings: SettingsDep,
@@ -94,4 +94,7 @@ async def chat(
         log.error("outbox_refused", error=type(error).__name__)
         raise HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"}) from None
     deliverer.notify()
-    return Response(user_id=message.user_id, reply=reply, metadata=Metadata(session_id=message.metadata.session_id))
+    if reply.offline:
+        metrics.llm_offline_replies.inc()
+    metadata = ReplyMetadata(session_id=message.metadata.session_id, fallback="offline" if reply.offline else None)
+    return Response(user_id=message.user_id, reply=reply.text, metadata=metadata)
