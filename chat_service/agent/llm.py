@@ -33,11 +33,13 @@ def _client(base_url: str | None, api_key: SecretStr | None, settings: Settings,
     """One client per endpoint on the aiohttp transport, its own retries off; closed with the stack."""
     timeout = openai.Timeout(settings.llm_timeout, connect=min(5.0, settings.llm_timeout))
     # Twice the concurrency limit: a connection still closing after a cancelled attempt must never
-    # make a new attempt wait for the pool (that wait would count against the endpoint).
+    # make a new attempt wait for the pool (that wait would count against the endpoint). Idle
+    # connections expire after 4 s, under the common 5 s server keep-alive (uvicorn, Node), so a
+    # breaker's probe never picks a connection the server is closing and fails for that alone.
     limits = httpx2.Limits(
         max_connections=2 * settings.llm_max_concurrency,
         max_keepalive_connections=settings.llm_max_concurrency,
-        keepalive_expiry=30.0,
+        keepalive_expiry=4.0,
     )
     client = openai.AsyncOpenAI(
         api_key=api_key.get_secret_value() if api_key else "not-needed",
