@@ -3,7 +3,10 @@ generated into a temporary folder (no network), imported from there, and used as
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +14,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+
+from load_tests.processes import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +80,14 @@ def test_the_generated_chat_client_chats(live, tmp_path, monkeypatch):
         invalid = chat.sync(client=client, body=ChatMessage(user_id="..", text="hi"))
         assert isinstance(invalid, ValidationErrorBody)
         assert invalid.detail[0].msg.startswith("A user id is 1-64 of letters")
+
+
+def test_the_example_in_the_docs_runs(live, tmp_path, monkeypatch):
+    generate(live.chat.url, tmp_path, monkeypatch, "daca-chat-service-client")
+    page = (ROOT / "docs" / "api.md").read_text()
+    [example] = re.findall(r"<!-- example: chat .*?-->\n```python\n(.*?)```", page, re.DOTALL)
+    assert len(example.strip().splitlines()) == 6, "five lines and a blank one"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(example.replace("http://localhost:8000", live.chat.url), {})
+    assert "You have sent" in printed.getvalue()
