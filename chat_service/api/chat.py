@@ -1,4 +1,4 @@
-"""POST /chat/: the tutorial's endpoint, made safe under concurrency and failure."""
+"""POST /chat/ (and /chat): the tutorial's endpoint, made safe under concurrency and failure."""
 
 from __future__ import annotations
 
@@ -10,30 +10,28 @@ import structlog
 from fastapi import APIRouter, HTTPException
 
 from servicekit.logging import get_logger
+from servicekit.openapi import responses
 
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
-from ..models import Message, ReplyMetadata, Response
+from ..models import ChatMessage, ChatReply, ReplyMetadata
 from ..outbox import OutboxFull
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
-router = APIRouter()
+router = APIRouter(tags=["chat"])
 log = get_logger("chat")
 
-
-def _error(description: str) -> dict[str, object]:
-    return {"description": description, "content": {"application/json": {"example": {"detail": description}}}}
-
-
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: _error("Message text cannot be empty"),
-    413: _error("Request body too large"),
-    429: _error("Too many messages; retry after the Retry-After seconds"),
-    502: _error("The model gave an answer we cannot use"),
-    503: _error("The model provider, or the local outbox, is unavailable; retry after the Retry-After seconds"),
-    504: _error("The model did not answer in time"),
-}
+ERRORS = responses(
+    *(400, 413, 422, 429, 502, 503, 504),
+    descriptions={
+        400: "The message text is blank",
+        429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
+        502: "The model gave an answer we cannot use",
+        503: "The model provider, or the local outbox, is unavailable; retry after Retry-After when given",
+        504: "The model did not answer within CHAT_RUN_DEADLINE",
+    },
+)
 
 
 def _text_too_long(limit: int) -> HTTPException:
@@ -42,9 +40,14 @@ def _text_too_long(limit: int) -> HTTPException:
     )
 
 
-@router.post("/chat/", response_model=Response, response_model_exclude_none=True, responses=ERRORS)
+@router.post(
+    "/chat/", response_model=ChatReply, response_model_exclude_none=True, summary="Chat with the agent", responses=ERRORS
+)
+@router.post(
+    "/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False
+)  # the same, without the slash (no redirect)
 async def chat(
-    message: Message,
+    message: ChatMessage,
     settings: SettingsDep,
     analytics: AnalyticsDep,
     agents: AgentsDep,
@@ -53,7 +56,7 @@ async def chat(
     deliverer: DelivererDep,
     metrics: MetricsDep,
     limiter: RateLimiterDep,
-) -> Response:
+) -> ChatReply:
     """Answer a message, personalized with how many messages the user sent before it."""
     if not message.text.strip():
         raise HTTPException(400, "Message text cannot be empty")
@@ -97,4 +100,4 @@ async def chat(
     if reply.offline:
         metrics.llm_offline_replies.inc()
     metadata = ReplyMetadata(session_id=message.metadata.session_id, fallback="offline" if reply.offline else None)
-    return Response(user_id=message.user_id, reply=reply.text, metadata=metadata)
+    return ChatReply(user_id=message.user_id, reply=reply.text, metadata=metadata)
