@@ -20,7 +20,7 @@ from servicekit.runtime import freeze_startup_objects
 from servicekit.transport import PooledTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
-from .agent.llm import build_llm
+from .agent.llm import build_llm, log_model_event
 from .analytics_client import AnalyticsClient
 from .api import chat, health, users
 from .api.deps import State
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
-            llm = build_llm(settings, resources, hooks=(log_event, metrics.on_model_event), observer=metrics)
+            llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics)
             for endpoint in llm.endpoints:
                 metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)

@@ -11,13 +11,23 @@ import openai
 from agents import Model, OpenAIChatCompletionsModel, RunConfig
 from pydantic import SecretStr
 
-from resilience import Hook, Pipeline
+from resilience import Event, Hook, Pipeline, log_event
+from servicekit.logging import get_logger
 
 from ..core.config import OFFLINE, Settings
 from .endpoint import CallObserver, ModelEndpoint
 from .model_errors import classify_model_error
 from .offline_model import OfflineModel
 from .resilient_model import ResilientModel
+
+log = get_logger("llm")
+
+
+def log_model_event(event: Event) -> None:
+    """`log_event` for model pipelines, minus "fallback": the chain logs each endpoint failure itself,
+    with the provider's words, and an open breaker's fast refusals are not worth a line per chat."""
+    if event.name != "fallback":
+        log_event(event)
 
 
 @dataclass
@@ -58,6 +68,10 @@ def _client(base_url: str | None, api_key: SecretStr | None, settings: Settings,
 def build_llm(settings: Settings, resources: AsyncExitStack, *, hooks: Sequence[Hook], observer: CallObserver) -> LLM:
     """One model per process. Tracing exports only to OpenAI itself, and only when enabled."""
     if not settings.use_openai:
+        if settings.llm_fallbacks:
+            log.warning(
+                "llm_fallbacks_ignored", reason="no OPENAI_API_KEY or CHAT_LLM_PROVIDER=offline: the offline model answers"
+            )
         return LLM(OfflineModel(), RunConfig(tracing_disabled=True, workflow_name="chat"), "offline")
     chain: list[tuple[str | None, str, SecretStr | None]] = [(settings.openai_base_url, settings.model, settings.openai_api_key)]
     chain += [(entry.base_url, entry.model, entry.api_key) for entry in settings.llm_fallbacks if not isinstance(entry, str)]
