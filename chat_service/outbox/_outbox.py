@@ -146,10 +146,6 @@ class Outbox:
     async def dead_letter(self, row_id: int, status: int | None) -> None:
         await self.writer.call(lambda: self._write(lambda db: store.dead_letter(db, row_id, status)))
 
-    async def depth(self) -> int | None:
-        """Records waiting in the file, all processes together (an upper bound, O(log n)); None when not open."""
-        return await self.writer.call(lambda: None if self._db is None else store.span(self._db))
-
     async def stats(self) -> Stats:
         """Exact counts, for operators."""
 
@@ -205,14 +201,14 @@ class Outbox:
         db = self._db
         if db is None:
             return [OutboxUnavailable("unavailable") for _ in items]
-        if not self.reserve.present():  # the disk filled up, here or in another process
-            self._disk_full = True
-            return [OutboxUnavailable("disk_full") for _ in items]
-        self._disk_full = False
         assert self.slots.own is not None
         try:
+            if not self.reserve.present():  # the disk filled up, here or in another process
+                self._disk_full = True
+                return [OutboxUnavailable("disk_full") for _ in items]
+            self._disk_full = False
             accepted = store.insert(db, self.slots.own, items, self.max_rows)
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:
             if out_of_space(error):
                 self._enter_disk_full()
             elif not busy(error):

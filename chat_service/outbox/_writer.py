@@ -125,6 +125,9 @@ class Writer(Generic[Item]):
             group: list[_Append[Item]] = []
             while pending and isinstance(pending[0], _Append) and len(group) < self._max_group:
                 group.append(pending.popleft())  # type: ignore[arg-type]
-            outcomes = self._commit_group([append.item for append in group])
+            try:
+                outcomes = self._commit_group([append.item for append in group])
+            except Exception as error:  # a bug: fail these appends, keep the thread alive
+                outcomes = [error] * len(group)
             self.groups += 1
             self._publish([(append.future, None, error) for append, error in zip(group, outcomes, strict=True)])

@@ -14,6 +14,7 @@ import pytest
 from chat_service.analytics_client import RecordItem
 from chat_service.outbox import Outbox, OutboxFull
 from chat_service.outbox import _store as store
+from chat_service.outbox._writer import Writer
 
 
 def item(n: int) -> RecordItem:
@@ -246,3 +247,22 @@ async def test_a_file_from_the_previous_version_is_migrated_and_delivered(path):
     await box.append(item(3))
     assert ids(await box.next_batch(10)) == ["old1", "old2", "m3"], "claimed or not, every old record goes out"
     await box.close()
+
+
+async def test_a_bug_in_one_group_fails_its_appends_not_the_writer():
+    calls = []
+
+    def commit_group(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return [None] * len(items)
+
+    writer: Writer[str] = Writer(commit_group)
+    writer.start()
+    with pytest.raises(RuntimeError):
+        await writer.append("first")
+    await writer.append("second")
+    assert await writer.call(lambda: "still running") == "still running"
+    await writer.stop()
+    assert calls == [["first"], ["second"]]

@@ -128,9 +128,18 @@ async def test_a_full_outbox_accepts_again_within_seconds_of_analytics_returning
             await asyncio.sleep(2.0)
             load.stop()
             replies = await running
+            drain_started = time.monotonic()
             await wait_drained(client)
+            drained_after = time.monotonic() - drain_started
         recovered_after = min(r.done for r in replies if r.status == 200 and r.done >= back) - back
-        print(f"\nfull disk: ready {ready_at - back:.2f} s, first 200 {recovered_after:.2f} s after analytics returned")
+        after = [r for r in replies if r.done >= back + recovered_after]
+        print(
+            f"\nfull disk: {sum(preloaded.values())} records preloaded, {len(replies)} chats at {RATE:g}/s:"
+            f" {sum(r.status == 200 for r in replies if r.done < refused_at)} x 200 until full,"
+            f" {sum(r.status == 503 for r in replies)} x 503; analytics back: /readyz 200 after {ready_at - back:.2f} s,"
+            f" first 200 after {recovered_after:.2f} s, then {sum(r.status == 200 for r in after)} x 200"
+            f" and {sum(r.status != 200 for r in after)} other; the rest drained {drained_after:.2f} s after the load"
+        )
         assert answered_between(replies, refused_at, back) == {503}, "full and analytics down: 503s only"
         assert all(r.retry_after == "1" for r in replies if r.status == 503)
         assert recovered_after <= RECOVERY_GOAL + MARGIN
