@@ -26,6 +26,7 @@ from pathlib import Path
 from chat_service.analytics_client import RecordItem
 from chat_service.outbox import Outbox
 from chat_service.outbox import _store as store
+from servicekit.logging import configure_logging
 
 from .loadgen import percentile
 
@@ -158,7 +159,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--ack-rounds", type=int, default=30)
     parser.add_argument("--dir", help="where the files go (default: the system's temporary folder)")
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    configure_logging(level="WARNING")
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

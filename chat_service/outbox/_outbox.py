@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ class Outbox:
         self._db = db
         self._disk_full = not self.reserve.make()
         self._adopt(db)
-        log.info("outbox_opened", owner=self.slots.own, adopted=self.slots.adopted, status=self.status)
+        log.info("outbox_opened", owner=self.slots.own, adopted=self.slots.adopted, status=self.status, pid=os.getpid())
 
     def _commit_group(self, items: Sequence[RecordItem]) -> list[BaseException | None]:
         db = self._db
