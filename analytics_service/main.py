@@ -9,9 +9,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
+from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging
 from servicekit.middleware import RequestContextMiddleware
+from servicekit.openapi import bearer_auth, edit_openapi, operation_id
 from servicekit.runtime import freeze_startup_objects
 
 from .api import analytics, health
@@ -20,6 +22,11 @@ from .core.config import Settings
 from .core.metrics import AnalyticsMetrics
 from .seed import load_demo_data
 from .storage import open_store
+
+TAGS = [
+    {"name": "analytics", "description": "Read and record message counts"},
+    {"name": "health", "description": "Welcome, liveness and readiness"},
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,6 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Counts the messages each user has sent, durably and idempotently.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(
         CORSMiddleware,
@@ -56,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    install_offline_docs(app)
+    # The schema states what this process enforces: bearer auth only when a token is configured.
+    edit_openapi(app, *([bearer_auth(description="Authorization: Bearer <ANALYTICS_API_TOKEN>")] if settings.api_token else []))
     app.include_router(health.router)
     app.include_router(analytics.router)
     return app

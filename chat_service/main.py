@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -12,9 +11,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from resilience import Pipeline, classify_httpx, log_event
+from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
+from servicekit.openapi import edit_openapi, operation_id, set_max_length
 from servicekit.runtime import freeze_startup_objects
 from servicekit.transport import PooledTransport
 
@@ -28,6 +29,12 @@ from .core.metrics import ChatMetrics
 from .delivery import Deliverer
 from .outbox import Outbox
 from .rate_limit import build_rate_limiter
+
+TAGS = [
+    {"name": "chat", "description": "Talk to the agent"},
+    {"name": "users", "description": "The tutorial's user echo, and a user's message count as chat sees it"},
+    {"name": "health", "description": "Welcome, liveness, readiness and dependency states"},
+]
 
 
 def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -95,6 +102,10 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         description="Chat with an agent that knows how many messages you have sent, whatever analytics does.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(
         CORSMiddleware,
@@ -105,25 +116,12 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    _publish_text_cap(app, settings.max_text_chars)
+    install_offline_docs(app)
+    edit_openapi(app, set_max_length("ChatMessage", "text", settings.max_text_chars))
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)
     return app
-
-
-def _publish_text_cap(app: FastAPI, limit: int) -> None:
-    """Make the OpenAPI schema state the configured text cap, not the model's hard ceiling."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schema["components"]["schemas"]["Message"]["properties"]["text"]["maxLength"] = limit
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

@@ -1,4 +1,4 @@
-"""POST /chat/: the tutorial's endpoint, made safe under concurrency and failure."""
+"""POST /chat/ (and /chat): the tutorial's endpoint, made safe under concurrency and failure."""
 
 from __future__ import annotations
 
@@ -9,31 +9,29 @@ import structlog
 from fastapi import APIRouter, HTTPException
 
 from servicekit.logging import get_logger
+from servicekit.openapi import responses
 
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
 from ..core.metrics import ChatMetrics
-from ..models import Message, Metadata, Response
+from ..models import ChatMessage, ChatReply, Metadata
 from ..outbox import OutboxRefused
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
-router = APIRouter()
+router = APIRouter(tags=["chat"])
 log = get_logger("chat")
 
-
-def _error(description: str) -> dict[str, object]:
-    return {"description": description, "content": {"application/json": {"example": {"detail": description}}}}
-
-
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: _error("Message text cannot be empty"),
-    413: _error("Request body too large"),
-    429: _error("Too many messages; retry after the Retry-After seconds"),
-    502: _error("The model gave an answer we cannot use"),
-    503: _error("The model provider, or the local outbox, is unavailable"),
-    504: _error("The model did not answer in time"),
-}
+ERRORS = responses(
+    *(400, 413, 422, 429, 502, 503, 504),
+    descriptions={
+        400: "The message text is blank",
+        429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
+        502: "The model gave an answer we cannot use",
+        503: "The model provider, or the local outbox, is unavailable; retry after Retry-After when given",
+        504: "The model did not answer within CHAT_RUN_DEADLINE",
+    },
+)
 
 
 def _text_too_long(limit: int) -> HTTPException:
@@ -48,9 +46,10 @@ def _outbox_refused(reason: str, metrics: ChatMetrics) -> HTTPException:
     return HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"})
 
 
-@router.post("/chat/", response_model=Response, responses=ERRORS)
+@router.post("/chat/", response_model=ChatReply, summary="Chat with the agent", responses=ERRORS)
+@router.post("/chat", response_model=ChatReply, include_in_schema=False)  # the same, without the slash (no redirect)
 async def chat(
-    message: Message,
+    message: ChatMessage,
     settings: SettingsDep,
     analytics: AnalyticsDep,
     agents: AgentsDep,
@@ -59,7 +58,7 @@ async def chat(
     deliverer: DelivererDep,
     metrics: MetricsDep,
     limiter: RateLimiterDep,
-) -> Response:
+) -> ChatReply:
     """Answer a message, personalized with how many messages the user sent before it."""
     if not message.text.strip():
         raise HTTPException(400, "Message text cannot be empty")
@@ -101,4 +100,4 @@ async def chat(
     except OutboxRefused as refused:
         raise _outbox_refused(refused.reason, metrics) from None
     deliverer.notify()
-    return Response(user_id=message.user_id, reply=reply, metadata=Metadata(session_id=message.metadata.session_id))
+    return ChatReply(user_id=message.user_id, reply=reply, metadata=Metadata(session_id=message.metadata.session_id))

@@ -8,24 +8,34 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from servicekit.openapi import responses
+
+from ..models import DependencyReport, Health, Readiness, Welcome
 from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
 
-router = APIRouter()
+router = APIRouter(tags=["health"])
 
 
-@router.get("/")
+@router.get("/", response_model=Welcome, summary="Welcome")
 async def root() -> dict[str, str]:
     """Greet and point at the API docs."""
     return {"message": "Welcome to the DACA Chat Service! Access /docs for the API documentation."}
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers (no dependency is checked)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "The outbox cannot take records (full disk, not open, at its bound)"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness",
+    responses=responses(
+        503, models={503: Readiness}, descriptions={503: "The outbox cannot take records (full disk, not open, at its bound)"}
+    ),
+)
 async def readyz(outbox: OutboxDep) -> JSONResponse:
     """Readiness: the outbox takes records. Analytics is not checked: chat has a fallback for it."""
     if not outbox.accepting:
@@ -33,7 +43,7 @@ async def readyz(outbox: OutboxDep) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/health/dependencies")
+@router.get("/health/dependencies", response_model=DependencyReport, summary="Dependency states")
 async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
     """Show analytics' breaker states, the outbox's state and depth, and the LLM provider."""
     pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
