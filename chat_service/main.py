@@ -22,7 +22,9 @@ from .agent.agent import PersonalizedAgents, build_agent
 from .agent.llm import build_llm
 from .analytics_client import AnalyticsClient
 from .api import chat, health, users
+from .api.auth import hide_bearer_scheme
 from .api.deps import State
+from .auth import open_authenticator
 from .core.config import Settings
 from .core.metrics import ChatMetrics
 from .delivery import Deliverer
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
+            authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
             log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "outbox": outbox,
                 "deliverer": deliverer,
                 "rate_limiter": limiter,
+                "authenticator": authenticator,
             }
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
             # The clients and the outbox are still open here; the stack closes them afterwards.
@@ -99,11 +103,13 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         allow_origins=settings.cors_origins,
         allow_credentials="*" not in settings.cors_origins,
         allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     _publish_text_cap(app, settings.max_text_chars)
+    if not settings.auth_enabled:
+        hide_bearer_scheme(app)
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)

@@ -16,6 +16,7 @@ from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
 from ..models import Message, Metadata, Response
 from ..outbox import OutboxFull
+from .auth import AUTH_ERRORS, CallerDep, acting_user
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
 router = APIRouter()
@@ -31,7 +32,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     413: _error("Request body too large"),
     429: _error("Too many messages; retry after the Retry-After seconds"),
     502: _error("The model gave an answer we cannot use"),
-    503: _error("The model provider, or the local outbox, is unavailable"),
+    503: _error("The model provider, the local outbox, or the identity provider's keys are unavailable"),
     504: _error("The model did not answer in time"),
 }
 
@@ -42,9 +43,10 @@ def _text_too_long(limit: int) -> HTTPException:
     )
 
 
-@router.post("/chat/", response_model=Response, responses=ERRORS)
+@router.post("/chat/", response_model=Response, responses={**AUTH_ERRORS, **ERRORS})
 async def chat(
     message: Message,
+    caller: CallerDep,
     settings: SettingsDep,
     analytics: AnalyticsDep,
     agents: AgentsDep,
@@ -55,13 +57,14 @@ async def chat(
     limiter: RateLimiterDep,
 ) -> Response:
     """Answer a message, personalized with how many messages the user sent before it."""
+    user_id = acting_user(caller, message.user_id)
     if not message.text.strip():
         raise HTTPException(400, "Message text cannot be empty")
     if len(message.text) > settings.max_text_chars:
         raise _text_too_long(settings.max_text_chars)
     structlog.contextvars.bind_contextvars(user_id=message.user_id)
     if limiter is not None:
-        decision = await limiter.hit(message.user_id)
+        decision = await limiter.hit(user_id)
         if not decision.allowed:
             raise HTTPException(429, "Too many messages", headers={"Retry-After": str(decision.retry_after)})
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
 
 router = APIRouter()
 
@@ -25,13 +25,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "The local outbox cannot be used"}})
-async def readyz(outbox: OutboxDep) -> JSONResponse:
-    """Readiness: the local outbox works. Analytics is not checked: chat has a fallback for it."""
+@router.get("/readyz", responses={503: {"description": "The local outbox cannot be used, or no token key is loaded"}})
+async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResponse:
+    """Readiness: the outbox works and, with auth on, token keys are loaded. Analytics is not checked."""
     try:
         outbox.depth()
     except sqlite3.Error as error:
         return JSONResponse({"status": "unavailable", "outbox": type(error).__name__}, status_code=503)
+    if authenticator is not None and not authenticator.ready:
+        return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

@@ -1,0 +1,100 @@
+"""End-user auth for routes: the `CallerDep` dependency, the user check, and the OpenAPI bearer scheme.
+
+Routes that act for a user take `caller: CallerDep` and call `acting_user(caller, user_id)`: it
+returns the user id to act for (and to key rate limits, sessions and idempotency keys on), or
+answers 403 when a token's subject is not the claimed user. With auth off, `caller` is None and
+the claimed user id is taken on its word, as in the tutorial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+
+from servicekit.logging import get_logger
+
+from ..auth import Authenticator, Caller, InvalidToken, KeysUnavailable, MissingToken
+
+SCHEME_NAME = "bearerAuth"
+log = get_logger("auth")
+
+
+def _error(description: str, example: str) -> dict[str, object]:
+    return {"description": description, "content": {"application/json": {"example": {"detail": example}}}}
+
+
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: _error("Missing, malformed, expired or unverifiable bearer token (only when auth is on)", "Token expired"),
+    403: _error("The token's subject is not this user (only when auth is on)", "Token subject is not this user"),
+}
+KEYS_UNAVAILABLE: dict[int | str, dict[str, object]] = {
+    503: _error("The identity provider's keys have not been loaded yet", "Cannot verify tokens right now"),
+}
+
+
+class _BearerHeader(SecurityBase):
+    """The raw `Authorization` header, declared as the bearer scheme so that /docs offers to send a token."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(bearerFormat="JWT", description="A JWT from the identity provider; its `sub` is the user id")
+        self.scheme_name = SCHEME_NAME
+
+    async def __call__(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+
+BEARER = _BearerHeader()
+
+
+async def get_caller(request: Request, authorization: Annotated[str | None, Depends(BEARER)]) -> Caller | None:
+    """The authenticated caller, None when auth is off; 401 for a missing or refused token."""
+    authenticator: Authenticator | None = request.state.authenticator
+    if authenticator is None:
+        return None
+    try:
+        return await authenticator.authenticate(authorization)
+    except MissingToken:
+        request.state.metrics.auth_refusals.labels("missing").inc()
+        raise HTTPException(401, "Bearer token required", headers={"WWW-Authenticate": "Bearer"}) from None
+    except InvalidToken as refused:
+        request.state.metrics.auth_refusals.labels(refused.reason).inc()
+        log.info("token_refused", reason=refused.reason)
+        challenge = f'Bearer error="invalid_token", error_description="{refused.detail}"'
+        raise HTTPException(401, refused.detail, headers={"WWW-Authenticate": challenge}) from None
+    except KeysUnavailable as unavailable:
+        request.state.metrics.auth_refusals.labels("keys_unavailable").inc()
+        retry_after = str(math.ceil(unavailable.retry_after))
+        raise HTTPException(503, "Cannot verify tokens right now", headers={"Retry-After": retry_after}) from None
+
+
+CallerDep = Annotated[Caller | None, Depends(get_caller)]
+
+
+def acting_user(caller: Caller | None, user_id: str) -> str:
+    """The user a request acts for: `user_id`, which must be the token's subject when auth is on (403 otherwise)."""
+    if caller is None:
+        return user_id
+    if caller.subject != user_id:
+        raise HTTPException(403, "Token subject is not this user")
+    return caller.subject
+
+
+def hide_bearer_scheme(app: FastAPI) -> None:
+    """With auth off, drop the bearer scheme from the OpenAPI schema: it must never ask for a token chat ignores."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.get("components", {}).pop("securitySchemes", None)
+            for item in schema["paths"].values():
+                for operation in item.values():
+                    operation.pop("security", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
