@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import jwt
@@ -15,7 +16,8 @@ from jwt import PyJWK
 from servicekit.validation import USER_ID_PATTERN
 
 from ._errors import InvalidToken, MissingToken
-from ._keys import secret_key_set
+from ._keys import KeySet, secret_key_set
+from ._verified import VerifiedTokens
 
 # Far above any real token (an IdP's access token is 1-2 KB); bounds the work a garbage header costs.
 MAX_TOKEN_CHARS = 8192
@@ -42,6 +44,10 @@ class KeySource(Protocol):
     @property
     def loaded(self) -> bool: ...
 
+    @property
+    def current(self) -> KeySet | None:
+        """The key set in use; a new object whenever the keys change."""
+
     async def key_for(self, kid: str | None, alg: str) -> PyJWK: ...
 
 
@@ -52,6 +58,10 @@ class SecretKey:
 
     def __init__(self, secret: bytes, algorithms: Iterable[str]) -> None:
         self._keys = secret_key_set(secret, algorithms)
+
+    @property
+    def current(self) -> KeySet:
+        return self._keys
 
     async def key_for(self, kid: str | None, alg: str) -> PyJWK:
         found = self._keys.find(None, alg)
@@ -93,7 +103,8 @@ class Authenticator:
     The algorithm comes from configuration: a token's `alg` must be one of `algorithms` and must fit
     the key it names (pyjwt verifies with the algorithm the key was bound to), so `alg: none` and
     HS/RS confusion are refused before any signature is computed. `exp` and `sub` are required;
-    `iss` and `aud` are required and checked when configured.
+    `iss` and `aud` are required and checked when configured. Tokens that verified are remembered
+    (`cache_size` of them, see `VerifiedTokens`) until they expire or the keys change.
     """
 
     def __init__(
@@ -104,6 +115,7 @@ class Authenticator:
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 30.0,
+        cache_size: int = 4096,
     ) -> None:
         self.keys = keys
         self._algorithms = frozenset(algorithms)
@@ -112,6 +124,7 @@ class Authenticator:
         self._leeway = leeway
         # Without a configured audience, pyjwt would refuse every token that names one: do not check it.
         self._jwt = jwt.PyJWT(options={"require": ["exp", "sub"], "verify_aud": audience is not None})
+        self._verified = VerifiedTokens(cache_size)
 
     @property
     def ready(self) -> bool:
@@ -125,6 +138,9 @@ class Authenticator:
         token = token.strip()
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("malformed", "Malformed token")
+        known = self._verified.get(token, self.keys.current)
+        if known is not None:
+            return known  # type: ignore[return-value]
         try:
             header = _peek_header(token)
         except _PARSE_ERRORS:
@@ -144,4 +160,9 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or _USER_ID.fullmatch(subject) is None:
             raise InvalidToken("subject", "Token subject is not a valid user id")
-        return Caller(subject, claims)
+        caller = Caller(subject, MappingProxyType(claims))  # shared by every request with this token: read-only
+        expires = claims["exp"]
+        if isinstance(expires, int | float) and not isinstance(expires, bool) and expires < 1e15:
+            # The key set read now is the one `key_for` answered from: no await since.
+            self._verified.put(token, caller, expires + self._leeway, self.keys.current)
+        return caller

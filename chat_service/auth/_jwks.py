@@ -61,6 +61,11 @@ class JwksKeys:
         """True once a fetch has succeeded (the keys then stay, whatever later fetches do)."""
         return self._keys is not None
 
+    @property
+    def current(self) -> KeySet | None:
+        """The key set in use; the same object until a fetch brings different keys."""
+        return self._keys
+
     async def start(self) -> None:
         succeeded = await self.refresh()
         self._refresher = asyncio.create_task(self._keep_fresh(succeeded), name="jwks-refresher")
@@ -113,7 +118,8 @@ class JwksKeys:
             return self._failed("unreachable" if not isinstance(error, httpx.HTTPStatusError) else "status", error)
         except (ValueError, RecursionError) as error:
             return self._failed("invalid", error)
-        self._keys = keys
+        if self._keys is None or keys.fingerprint != self._keys.fingerprint:
+            self._keys = keys  # a new object: tokens verified under the old keys get checked again
         self._log.info("jwks_refreshed", keys=len(keys))
         self._notify("ok")
         return True

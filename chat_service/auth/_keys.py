@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class KeySet:
     """An immutable snapshot of keys: `find(kid, alg)` is one or two dict look-ups."""
 
     by_kid: Mapping[str | None, Mapping[str, PyJWK]] = field(default_factory=dict)
+    fingerprint: frozenset[str] = frozenset()  # the JWKs it was built from: equal sets mean unchanged keys
 
     def find(self, kid: str | None, alg: str) -> PyJWK | None:
         keys = self.by_kid.get(kid)
@@ -72,6 +74,7 @@ def parse_jwks(document: object, algorithms: Iterable[str]) -> KeySet:
         raise ValueError("not a JWK set")
     allowed = frozenset(algorithms)
     by_kid: dict[str | None, dict[str, PyJWK]] = {}
+    used: set[str] = set()
     for jwk in document["keys"]:
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
@@ -86,6 +89,7 @@ def parse_jwks(document: object, algorithms: Iterable[str]) -> KeySet:
                 continue  # a malformed key: skip it, keep the others
         if bound:
             by_kid.setdefault(kid, {}).update(bound)
+            used.add(json.dumps(jwk, sort_keys=True))
     if not by_kid:
         raise ValueError("the JWK set holds no usable signing key")
-    return KeySet(by_kid)
+    return KeySet(by_kid, frozenset(used))

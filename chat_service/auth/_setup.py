@@ -64,5 +64,10 @@ async def open_authenticator(
         )
     log.info("auth_enabled", mode="secret" if settings.auth_jwt_secret is not None else "jwks", algorithms=algorithms)
     return Authenticator(
-        keys, algorithms=algorithms, issuer=settings.auth_issuer, audience=settings.auth_audience, leeway=settings.auth_leeway
+        keys,
+        algorithms=algorithms,
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        leeway=settings.auth_leeway,
+        cache_size=settings.auth_cache_size,
     )

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     auth_audience: OptionalText = None
     auth_algorithms: list[str] | None = Field(None, description="Default: HS256 with a secret; RS256 and ES256 with JWKS")
     auth_leeway: float = Field(30.0, ge=0, le=300, description="Seconds of clock skew allowed on exp and nbf")
+    auth_cache_size: int = Field(4096, ge=0, description="Verified tokens remembered until they expire; 0 turns it off")
     auth_jwks_timeout: float = Field(2.0, gt=0, le=30, description="Seconds per JWKS fetch")
     auth_jwks_refresh_seconds: float = Field(300.0, gt=0, description="Background refetch period")
     auth_jwks_cooldown_seconds: float = Field(10.0, gt=0, description="Least time between fetches for unknown kids or retries")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -165,3 +166,80 @@ def _token_parts() -> st.SearchStrategy[str]:
 async def test_any_garbage_is_refused_never_a_crash(token):
     with pytest.raises(AuthError):
         await secret_authenticator().authenticate(f"Bearer {token}")
+
+
+class CountingKeys:
+    """A key source that counts how often a signature had to be checked."""
+
+    def __init__(self, inner: SecretKey | JwksKeys) -> None:
+        self.inner = inner
+        self.lookups = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self.inner.loaded
+
+    @property
+    def current(self) -> object:
+        return self.inner.current
+
+    async def key_for(self, kid: str | None, alg: str):
+        self.lookups += 1
+        return await self.inner.key_for(kid, alg)
+
+
+async def test_a_verified_token_is_remembered_and_its_claims_are_read_only():
+    keys = CountingKeys(SecretKey(SECRET.encode(), ["HS256"]))
+    authenticator = Authenticator(keys, algorithms=["HS256"], issuer=ISSUER, audience=AUDIENCE)
+    token = f"Bearer {hs256(claims('alice'))}"
+    first, second = await authenticator.authenticate(token), await authenticator.authenticate(token)
+    assert first is second and keys.lookups == 1
+    with pytest.raises(TypeError):
+        first.claims["sub"] = "bob"  # type: ignore[index]
+    await authenticator.authenticate(f"Bearer {hs256(claims('alice', jti='another'))}")
+    assert keys.lookups == 2, "another token is verified on its own"
+
+
+async def test_a_remembered_token_still_expires():
+    authenticator = Authenticator(SecretKey(SECRET.encode(), ["HS256"]), algorithms=["HS256"], leeway=0.0)
+    token = f"Bearer {hs256(claims('alice', ttl=2, iss=None, aud=None))}"
+    assert (await authenticator.authenticate(token)).subject == "alice"
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await authenticator.authenticate(token)
+            except InvalidToken as refused:
+                assert refused.reason == "expired"
+                break
+            await asyncio.sleep(0.05)
+
+
+async def test_remembered_tokens_are_checked_again_when_the_keys_change():
+    served = {"document": jwks(public_jwk(rsa_key("a"), "rsa-1"))}
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(200, json=served["document"])))
+    jwks_keys = JwksKeys(client, "https://idp.test/jwks", algorithms=("RS256",), cooldown_seconds=0)
+    await jwks_keys.refresh()
+    keys = CountingKeys(jwks_keys)
+    authenticator = Authenticator(keys, algorithms=["RS256"], issuer=ISSUER, audience=AUDIENCE)
+    token = f"Bearer {signed(claims('alice'), rsa_key('a'), 'rsa-1', 'RS256')}"
+    await authenticator.authenticate(token)
+    await jwks_keys.refresh()  # the same keys again: what was verified stays verified
+    await authenticator.authenticate(token)
+    assert keys.lookups == 1
+    served["document"] = jwks(public_jwk(rsa_key("b"), "rsa-2"))  # the provider withdrew rsa-1
+    await jwks_keys.refresh()
+    with pytest.raises(InvalidToken, match="Unknown signing key"):
+        await authenticator.authenticate(token)
+
+
+@pytest.mark.parametrize("size", [0, 2])
+async def test_the_cache_holds_at_most_its_size(size):
+    keys = CountingKeys(SecretKey(SECRET.encode(), ["HS256"]))
+    authenticator = Authenticator(keys, algorithms=["HS256"], cache_size=size)
+    tokens = [f"Bearer {hs256(claims(f'user{n}', iss=None, aud=None))}" for n in range(3)]
+    for token in tokens:
+        await authenticator.authenticate(token)
+    await authenticator.authenticate(tokens[-1])
+    assert keys.lookups == (4 if size == 0 else 3)
+    await authenticator.authenticate(tokens[0])  # the oldest went first
+    assert keys.lookups == (5 if size == 0 else 4)
