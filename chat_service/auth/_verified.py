@@ -1,8 +1,8 @@
 """Tokens that already verified, so a user's next chats skip the signature check.
 
-A signature check costs 40-200 us (pyjwt's parsing, then RSA or ECDSA in OpenSSL: a P-256 verify
-alone is ~100-190 us on our 2-core machine); a user sends many chats with one token. Envoy's
-jwt_authn caches verified tokens the same way (`jwt_cache_config`).
+Verifying a token costs ~37 us (HS256) to ~96 us (ES256, ~70 us of it the P-256 check in OpenSSL),
+measured by `load_tests.bench_auth`; a hit costs 0.5 us, and a user sends many chats with one
+token. Envoy's jwt_authn caches verified tokens the same way (`jwt_cache_config`).
 """
 
 from __future__ import annotations

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import ValidationError
 
+from chat_service.auth import Authenticator, SecretKey
 from chat_service.core.config import Settings
 from chat_service.main import create_app
 from tests.chat.conftest import chat_settings
-from tests.fakes.identity import AUDIENCE, ISSUER, SECRET, bearer, claims, hs256
+from tests.fakes.identity import AUDIENCE, ISSUER, SECRET, bearer, claims, hs256, rsa_key, signed
 
 AUTH = {"auth_jwt_secret": SECRET, "auth_issuer": ISSUER, "auth_audience": AUDIENCE}
 ALICE = bearer(hs256(claims("alice")))
@@ -130,8 +136,6 @@ async def test_jwks_down_at_start_up_starts_anyway_unready_and_answers_503(chat_
         assert ready.status_code == 503 and ready.json()["auth"] == "no verification keys yet"
         response = await chat.post("/chat/", json={"user_id": "alice", "text": "hi"}, headers=bearer("a.b.c"))
         assert response.status_code == 401  # malformed: refused before any key is needed
-        from tests.fakes.identity import rsa_key, signed
-
         token = signed(claims("alice"), rsa_key("a"), "rsa-1", "RS256")
         response = await chat.post("/chat/", json={"user_id": "alice", "text": "hi"}, headers=bearer(token))
         assert response.status_code == 503
@@ -141,8 +145,6 @@ async def test_jwks_down_at_start_up_starts_anyway_unready_and_answers_503(chat_
 
 
 async def test_the_jwks_client_and_refresher_close_with_the_app(tmp_path, analytics_transport):
-    import asyncio
-
     url = f"http://127.0.0.1:{_closed_port()}/jwks.json"
     app = create_app(chat_settings(tmp_path, auth_jwks_url=url), transport=analytics_transport)
     async with LifespanManager(app):
@@ -177,3 +179,19 @@ def test_settings_defaults_per_mode(monkeypatch):
     assert Settings(auth_jwt_secret=SECRET).auth_algorithms == ["HS256"]
     assert Settings(auth_jwks_url="https://idp.test/jwks").auth_algorithms == ["ES256", "RS256"]
     assert Settings(auth_jwks_url="http://127.0.0.1:9/jwks").auth_enabled
+
+
+MINT = (
+    'import jwt,os,time; print(jwt.encode({"sub":"alice","iss":"daca-dev","aud":"daca-chat","exp":int(time.time())+3600},'
+    'os.environ["CHAT_AUTH_JWT_SECRET"]))'
+)
+
+
+@pytest.mark.parametrize(("issuer", "audience"), [(None, None), ("daca-dev", "daca-chat")])
+def test_the_documented_one_liner_mints_a_token_chat_accepts(issuer, audience):
+    """The docs' one-liner works with the quick start (no issuer, audience) and with compose's defaults."""
+    assert f"uv run python -c '{MINT}'" in (Path(__file__).parents[2] / "docs" / "auth.md").read_text()
+    env = {**os.environ, "CHAT_AUTH_JWT_SECRET": SECRET}
+    token = subprocess.run([sys.executable, "-c", MINT], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    authenticator = Authenticator(SecretKey(SECRET.encode(), ["HS256"]), algorithms=["HS256"], issuer=issuer, audience=audience)
+    assert asyncio.run(authenticator.authenticate(f"Bearer {token}")).subject == "alice"
