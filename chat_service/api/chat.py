@@ -62,7 +62,7 @@ async def chat(
         raise HTTPException(400, "Message text cannot be empty")
     if len(message.text) > settings.max_text_chars:
         raise _text_too_long(settings.max_text_chars)
-    structlog.contextvars.bind_contextvars(user_id=message.user_id)
+    structlog.contextvars.bind_contextvars(user_id=user_id)
     if limiter is not None:
         decision = await limiter.hit(user_id)
         if not decision.allowed:

@@ -23,6 +23,7 @@ from ._verified import VerifiedTokens
 MAX_TOKEN_CHARS = 8192
 _USER_ID = re.compile(USER_ID_PATTERN)
 # Hostile input can make the JSON decoder raise more than pyjwt's own errors (deep nesting, huge numbers).
+_FAR_FUTURE = 1e12  # seconds since 1970, year ~33,700: an `exp` beyond is verified but not remembered
 _PARSE_ERRORS = (jwt.PyJWTError, ValueError, TypeError, RecursionError, OverflowError)
 
 
@@ -124,7 +125,7 @@ class Authenticator:
         self._leeway = leeway
         # Without a configured audience, pyjwt would refuse every token that names one: do not check it.
         self._jwt = jwt.PyJWT(options={"require": ["exp", "sub"], "verify_aud": audience is not None})
-        self._verified = VerifiedTokens(cache_size)
+        self._verified: VerifiedTokens[Caller] = VerifiedTokens(cache_size)
 
     @property
     def ready(self) -> bool:
@@ -140,7 +141,7 @@ class Authenticator:
             raise InvalidToken("malformed", "Malformed token")
         known = self._verified.get(token, self.keys.current)
         if known is not None:
-            return known  # type: ignore[return-value]
+            return known
         try:
             header = _peek_header(token)
         except _PARSE_ERRORS:
@@ -161,8 +162,8 @@ class Authenticator:
         if not isinstance(subject, str) or _USER_ID.fullmatch(subject) is None:
             raise InvalidToken("subject", "Token subject is not a valid user id")
         caller = Caller(subject, MappingProxyType(claims))  # shared by every request with this token: read-only
-        expires = claims["exp"]
-        if isinstance(expires, int | float) and not isinstance(expires, bool) and expires < 1e15:
-            # The key set read now is the one `key_for` answered from: no await since.
+        expires = claims["exp"]  # pyjwt checked it converts to an int; remember only plain, sane numbers
+        if type(expires) in (int, float) and expires < _FAR_FUTURE:
+            # The key set read now is the one `key_for` answered from: there was no await since.
             self._verified.put(token, caller, expires + self._leeway, self.keys.current)
         return caller

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 
-class _Entry(NamedTuple):
-    caller: object
+class _Entry(NamedTuple, Generic[T]):
+    caller: T
     expires: float  # the token's exp plus the leeway: a hit past it is a miss
     keys: object  # the key set that verified it: a hit under another key set is a miss
 
 
-class VerifiedTokens:
+class VerifiedTokens(Generic[T]):
     """At most `size` verified tokens, keyed by the exact token string; the oldest go first.
 
     A hit is only served while the token has not expired (leeway included) and the key set that
@@ -29,9 +31,9 @@ class VerifiedTokens:
     def __init__(self, size: int, *, clock: Callable[[], float] = time.time) -> None:
         self._size = size
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry[T]] = {}
 
-    def get(self, token: str, keys: object) -> object | None:
+    def get(self, token: str, keys: object) -> T | None:
         entry = self._entries.get(token)
         if entry is None:
             return None
@@ -40,7 +42,7 @@ class VerifiedTokens:
         del self._entries[token]
         return None
 
-    def put(self, token: str, caller: object, expires: float, keys: object) -> None:
+    def put(self, token: str, caller: T, expires: float, keys: object) -> None:
         if self._size <= 0:
             return
         if len(self._entries) >= self._size:
