@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from servicekit.openapi import responses
 
 from ..models import DependencyReport, Health, Readiness, Welcome
-from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
 
 router = APIRouter(tags=["health"])
 
@@ -32,14 +32,18 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     response_model=Readiness,
     summary="Readiness",
-    responses=responses(503, models={503: Readiness}, descriptions={503: "The local outbox cannot be used"}),
+    responses=responses(
+        503, models={503: Readiness}, descriptions={503: "The local outbox cannot be used, or no token key is loaded yet"}
+    ),
 )
-async def readyz(outbox: OutboxDep) -> JSONResponse:
-    """Readiness: the local outbox works. Analytics is not checked: chat has a fallback for it."""
+async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResponse:
+    """Readiness: the outbox works and, with auth on, token keys are loaded. Analytics is not checked."""
     try:
         outbox.depth()
     except sqlite3.Error as error:
         return JSONResponse({"status": "unavailable", "outbox": type(error).__name__}, status_code=503)
+    if authenticator is not None and not authenticator.ready:
+        return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
