@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from servicekit.openapi import responses
 
 from ..models import DependencyReport, Health, Readiness, Welcome
-from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
 
 router = APIRouter(tags=["health"])
 
@@ -33,13 +33,17 @@ async def healthz() -> dict[str, str]:
     response_model=Readiness,
     summary="Readiness",
     responses=responses(
-        503, models={503: Readiness}, descriptions={503: "The outbox cannot take records (full disk, not open, at its bound)"}
+        503,
+        models={503: Readiness},
+        descriptions={503: "The outbox cannot take records (full disk, not open, at its bound), or no token key is loaded yet"},
     ),
 )
-async def readyz(outbox: OutboxDep) -> JSONResponse:
-    """Readiness: the outbox takes records. Analytics is not checked: chat has a fallback for it."""
+async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResponse:
+    """Readiness: the outbox takes records and, with auth on, token keys are loaded. Analytics is not checked."""
     if not outbox.accepting:
         return JSONResponse({"status": "unavailable", "outbox": outbox.reason}, status_code=503, headers={"Retry-After": "1"})
+    if authenticator is not None and not authenticator.ready:
+        return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, BaseModel, Field
+import httpx
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience import Policy, Timeouts
 from servicekit.logging import LogFormat
 from servicekit.validation import OptionalSecret, OptionalText
+
+from ..auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, HMAC_MIN_BYTES
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class PolicySettings(BaseModel):
@@ -91,8 +96,52 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int | None = Field(None, ge=1, description="Chats per user per minute; off when unset")
     redis_url: OptionalText = None
 
+    # End-user authentication: off unless a secret or a JWKS URL is set (docs/auth.md).
+    auth_jwt_secret: OptionalSecret = Field(None, description="HS256 shared secret, at least 32 bytes")
+    auth_jwks_url: OptionalText = Field(None, description="The identity provider's JWK set (https, or http on loopback)")
+    auth_issuer: OptionalText = None
+    auth_audience: OptionalText = None
+    auth_algorithms: list[str] | None = Field(None, description="Default: HS256 with a secret; RS256 and ES256 with JWKS")
+    auth_leeway: float = Field(30.0, ge=0, le=300, description="Seconds of clock skew allowed on exp and nbf")
+    auth_cache_size: int = Field(4096, ge=0, description="Verified tokens remembered until they expire; 0 turns it off")
+    auth_jwks_timeout: float = Field(2.0, gt=0, le=30, description="Seconds per JWKS fetch")
+    auth_jwks_refresh_seconds: float = Field(300.0, gt=0, description="Background refetch period")
+    auth_jwks_cooldown_seconds: float = Field(10.0, gt=0, description="Least time between fetches for unknown kids or retries")
+
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Self:
+        """Refuse at start-up any auth configuration that would run weaker than it looks."""
+        secret, url = self.auth_jwt_secret, self.auth_jwks_url
+        if secret is not None and url is not None:
+            raise ValueError("set CHAT_AUTH_JWT_SECRET or CHAT_AUTH_JWKS_URL, not both")
+        if secret is None and url is None:
+            if self.auth_issuer or self.auth_audience or self.auth_algorithms:
+                raise ValueError("CHAT_AUTH_* is set but auth is off: set CHAT_AUTH_JWT_SECRET or CHAT_AUTH_JWKS_URL")
+            return self
+        allowed = HMAC_ALGORITHMS if secret is not None else ASYMMETRIC_ALGORITHMS
+        algorithms = self.auth_algorithms or (["HS256"] if secret is not None else ["RS256", "ES256"])
+        if not set(algorithms) <= allowed:
+            raise ValueError(f"CHAT_AUTH_ALGORITHMS must be among {sorted(allowed)} in this mode")
+        self.auth_algorithms = sorted(set(algorithms))
+        if secret is not None:
+            needed = max(HMAC_MIN_BYTES[alg] for alg in algorithms)
+            if len(secret.get_secret_value().encode()) < needed:
+                raise ValueError(f"CHAT_AUTH_JWT_SECRET must be at least {needed} bytes (openssl rand -hex 32)")
+        elif url is not None:
+            try:
+                parsed = httpx.URL(url)
+            except httpx.InvalidURL as error:
+                raise ValueError("CHAT_AUTH_JWKS_URL is not a URL") from error
+            if not (parsed.scheme == "https" or (parsed.scheme == "http" and parsed.host in LOOPBACK_HOSTS)):
+                raise ValueError("CHAT_AUTH_JWKS_URL must be https (plain http only on the loopback interface)")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_jwt_secret is not None or self.auth_jwks_url is not None
 
     @property
     def use_openai(self) -> bool:

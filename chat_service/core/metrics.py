@@ -45,6 +45,14 @@ class ChatMetrics(HttpMetrics):
         )
         self.llm_latency = Histogram("chat_llm_run_seconds", "Whole agent runs", buckets=LATENCY_BUCKETS, registry=registry)
         self.llm_errors = Counter("chat_llm_errors_total", "Failed agent runs", ["kind"], registry=registry)
+        self.auth_refusals = Counter(
+            "chat_auth_refusals_total", "Requests refused by end-user auth, by reason", ["reason"], registry=registry
+        )
+        self.jwks_fetches = Counter("chat_auth_jwks_fetches_total", "JWKS fetches by outcome", ["outcome"], registry=registry)
+
+    def on_jwks_fetch(self, outcome: str) -> None:
+        """A `JwksKeys` hook: ok, unreachable, status or invalid."""
+        self.jwks_fetches.labels(outcome).inc()
 
     def on_resilience_event(self, event: Event) -> None:
         """A `resilience` hook."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -49,7 +50,7 @@ def _writer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "outbox-writer"]
 
 
-@pytest.mark.parametrize("step", ["build_llm", "build_rate_limiter", "build_agent"])
+@pytest.mark.parametrize("step", ["build_llm", "build_rate_limiter", "open_authenticator", "build_agent"])
 async def test_a_failing_startup_step_closes_what_was_opened(tmp_path, monkeypatch, step):
     monkeypatch.setattr(chat_service.main, step, _fail)
     transport = ClosingTransport()
@@ -93,3 +94,15 @@ async def test_a_failing_flush_still_closes_everything(tmp_path, monkeypatch):
     assert _outbox_closed(tmp_path / "outbox.sqlite3")
     assert _deliverer_tasks() == []
     assert _writer_threads() == []
+
+
+async def test_a_failing_startup_step_after_auth_stops_the_jwks_refresher(tmp_path, monkeypatch):
+    monkeypatch.setattr(chat_service.main, "build_agent", _fail)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # nothing listens there once the block ends
+    app = create_app(chat_settings(tmp_path, auth_jwks_url=f"http://127.0.0.1:{closed_port}/jwks"), transport=ClosingTransport())
+    with pytest.raises(Boom):
+        async with LifespanManager(app):
+            pass
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-") and not t.done()]

@@ -128,6 +128,15 @@ def test_compose_runs_analytics_on_postgres_and_chat_in_front():
         assert dockerfile.exists()
 
 
+def test_end_user_auth_is_on_in_compose_and_kubernetes():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["chat"]["environment"]
+    assert compose["CHAT_AUTH_JWT_SECRET"].startswith("${CHAT_AUTH_JWT_SECRET:?"), "compose refuses to start without a secret"
+    assert compose["CHAT_AUTH_ISSUER"] and compose["CHAT_AUTH_AUDIENCE"]
+    config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "daca-config")["data"]
+    settings = ChatSettings(**{k.removeprefix("CHAT_").lower(): v for k, v in config.items() if k.startswith("CHAT_AUTH_")})
+    assert settings.auth_enabled and settings.auth_issuer and settings.auth_audience
+
+
 @pytest.mark.parametrize("service", ["chat", "analytics"])
 def test_dockerfiles_are_multi_stage_non_root_and_checked(service):
     text = (DEPLOY / f"{service}.Dockerfile").read_text()
