@@ -68,9 +68,11 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
                 token=settings.analytics_api_token,
             )
-            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows)
-            outbox.open()
-            resources.callback(outbox.close)
+            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows, reserve_bytes=settings.outbox_reserve_bytes)
+            resources.push_async_callback(outbox.close)
+            # A full disk leaves the outbox unavailable: chat starts, answers 503 to chats and on
+            # /readyz, and the deliverer keeps retrying. A path that can never work raises here.
+            await outbox.open()
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
-            log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
+            log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox=outbox.status)
             yield {
                 "settings": settings,
                 "metrics": metrics,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 
@@ -15,8 +14,9 @@ from servicekit.openapi import responses
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
+from ..core.metrics import ChatMetrics
 from ..models import ChatMessage, ChatReply, Metadata
-from ..outbox import OutboxFull
+from ..outbox import OutboxRefused
 from .auth import AUTH_DESCRIPTIONS, CallerDep, acting_user
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
@@ -43,6 +43,12 @@ def _text_too_long(limit: int) -> HTTPException:
     )
 
 
+def _outbox_refused(reason: str, metrics: ChatMetrics) -> HTTPException:
+    metrics.outbox_refused.labels(reason).inc()
+    log.error("outbox_refused", reason=reason)
+    return HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"})
+
+
 @router.post("/chat/", response_model=ChatReply, summary="Chat with the agent", responses=ERRORS)
 @router.post("/chat", response_model=ChatReply, include_in_schema=False)  # the same, without the slash (no redirect)
 async def chat(
@@ -64,6 +70,8 @@ async def chat(
     if len(message.text) > settings.max_text_chars:
         raise _text_too_long(settings.max_text_chars)
     structlog.contextvars.bind_contextvars(user_id=user_id)
+    if not outbox.accepting:  # refuse before the model runs: its answer could not be recorded
+        raise _outbox_refused(outbox.reason, metrics)
     if limiter is not None:
         decision = await limiter.hit(user_id)
         if not decision.allowed:
@@ -93,9 +101,8 @@ async def chat(
         metrics.llm_latency.observe(time.perf_counter() - started)
 
     try:
-        outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
-    except (OutboxFull, sqlite3.Error) as error:
-        log.error("outbox_refused", error=type(error).__name__)
-        raise HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"}) from None
+        await outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
+    except OutboxRefused as refused:
+        raise _outbox_refused(refused.reason, metrics) from None
     deliverer.notify()
     return ChatReply(user_id=message.user_id, reply=reply, metadata=Metadata(session_id=message.metadata.session_id))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import dataclasses
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -33,15 +33,15 @@ async def healthz() -> dict[str, str]:
     response_model=Readiness,
     summary="Readiness",
     responses=responses(
-        503, models={503: Readiness}, descriptions={503: "The local outbox cannot be used, or no token key is loaded yet"}
+        503,
+        models={503: Readiness},
+        descriptions={503: "The outbox cannot take records (full disk, not open, at its bound), or no token key is loaded yet"},
     ),
 )
 async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResponse:
-    """Readiness: the outbox works and, with auth on, token keys are loaded. Analytics is not checked."""
-    try:
-        outbox.depth()
-    except sqlite3.Error as error:
-        return JSONResponse({"status": "unavailable", "outbox": type(error).__name__}, status_code=503)
+    """Readiness: the outbox takes records and, with auth on, token keys are loaded. Analytics is not checked."""
+    if not outbox.accepting:
+        return JSONResponse({"status": "unavailable", "outbox": outbox.reason}, status_code=503, headers={"Retry-After": "1"})
     if authenticator is not None and not authenticator.ready:
         return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
     return JSONResponse({"status": "ok"})
@@ -49,7 +49,7 @@ async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResp
 
 @router.get("/health/dependencies", response_model=DependencyReport, summary="Dependency states")
 async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
-    """Show analytics' breaker states, the outbox depth and the LLM provider."""
+    """Show analytics' breaker states, the outbox's state and depth, and the LLM provider."""
     pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
     return {
         "analytics": {
@@ -61,7 +61,7 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
             }
             for name, p in pipelines.items()
         },
-        "outbox": {"depth": outbox.exact_depth(), "delivered": deliverer.delivered, "dead_letters": outbox.dead_letters()},
+        "outbox": {**dataclasses.asdict(await outbox.stats()), "delivered": deliverer.delivered},
         "llm": {"provider": llm.provider},
     }
 
@@ -69,6 +69,9 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
 @router.get("/metrics", include_in_schema=False)
 async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
     """Prometheus metrics."""
-    registry.outbox_depth.set(outbox.depth())
-    registry.outbox_dead_letters.set(outbox.dead_letters())
+    stats = await outbox.stats()
+    registry.outbox_accepting.set(1 if outbox.accepting else 0)
+    if stats.depth is not None and stats.dead_letters is not None:
+        registry.outbox_depth.set(stats.depth)
+        registry.outbox_dead_letters.set(stats.dead_letters)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -54,8 +54,11 @@ class PolicySettings(BaseModel):
 
 
 def _record_policy() -> PolicySettings:
-    # Records leave the request path through the outbox: they can afford more patience.
-    return PolicySettings(deadline=3.0, read_timeout=2.0, connect_timeout=0.5, write_timeout=1.0, pool_timeout=0.5)
+    # Records leave the request path through the outbox: they can afford more patience. The
+    # breaker probes every second: a full outbox waits for analytics to come back to accept chats.
+    return PolicySettings(
+        deadline=3.0, read_timeout=2.0, connect_timeout=0.5, write_timeout=1.0, pool_timeout=0.5, breaker_reset=1.0
+    )
 
 
 class Settings(BaseSettings):
@@ -69,6 +72,9 @@ class Settings(BaseSettings):
 
     outbox_path: str = "./data/chat-outbox.sqlite3"
     outbox_max_rows: int = Field(100_000, ge=1)
+    outbox_reserve_bytes: int = Field(
+        512 * 1024, ge=64 * 1024, description="Space kept free next to the outbox so that a full disk can still drain"
+    )
     outbox_batch: int = Field(500, ge=1, le=1000)
     outbox_linger: float = Field(0.005, ge=0, description="Seconds to gather a batch before sending")
     shutdown_flush_seconds: float = Field(5.0, ge=0)

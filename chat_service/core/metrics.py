@@ -34,6 +34,12 @@ class ChatMetrics(HttpMetrics):
             "chat_breaker_transitions_total", "Breaker state changes", ["target", "state"], registry=registry
         )
         self.outbox_depth = Gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry)
+        self.outbox_accepting = Gauge(
+            "chat_outbox_accepting", "1 when the outbox takes records, 0 when chats get 503 (see /readyz)", registry=registry
+        )
+        self.outbox_refused = Counter(
+            "chat_outbox_refused_total", "Chats answered 503 because the outbox refused", ["reason"], registry=registry
+        )
         self.outbox_dead_letters = Gauge(
             "chat_outbox_dead_letters", "Records analytics refused as invalid, set aside for a human", registry=registry
         )

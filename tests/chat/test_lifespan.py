@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,10 @@ def _deliverer_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name() == "outbox-deliverer" and not t.done()]
 
 
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "outbox-writer"]
+
+
 @pytest.mark.parametrize("step", ["build_llm", "build_rate_limiter", "open_authenticator", "build_agent"])
 async def test_a_failing_startup_step_closes_what_was_opened(tmp_path, monkeypatch, step):
     monkeypatch.setattr(chat_service.main, step, _fail)
@@ -56,6 +61,7 @@ async def test_a_failing_startup_step_closes_what_was_opened(tmp_path, monkeypat
     assert transport.closed
     assert _outbox_closed(tmp_path / "outbox.sqlite3")
     assert _deliverer_tasks() == []
+    assert _writer_threads() == []
 
 
 async def test_an_outbox_that_cannot_open_still_closes_the_client(tmp_path):
@@ -67,6 +73,7 @@ async def test_an_outbox_that_cannot_open_still_closes_the_client(tmp_path):
         async with LifespanManager(app):
             pass
     assert transport.closed
+    assert _writer_threads() == []
 
 
 async def test_a_failing_flush_still_closes_everything(tmp_path, monkeypatch):
@@ -86,6 +93,7 @@ async def test_a_failing_flush_still_closes_everything(tmp_path, monkeypatch):
     assert transport.closed
     assert _outbox_closed(tmp_path / "outbox.sqlite3")
     assert _deliverer_tasks() == []
+    assert _writer_threads() == []
 
 
 async def test_a_failing_startup_step_after_auth_stops_the_jwks_refresher(tmp_path, monkeypatch):
