@@ -23,7 +23,9 @@ from .agent.agent import PersonalizedAgents, build_agent
 from .agent.llm import build_llm, log_model_event
 from .analytics_client import AnalyticsClient
 from .api import chat, health, users
+from .api.auth import without_bearer_scheme
 from .api.deps import State
+from .auth import open_authenticator
 from .core.config import Settings
 from .core.metrics import ChatMetrics
 from .delivery import Deliverer
@@ -66,9 +68,11 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
                 token=settings.analytics_api_token,
             )
-            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows)
-            outbox.open()
-            resources.callback(outbox.close)
+            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows, reserve_bytes=settings.outbox_reserve_bytes)
+            resources.push_async_callback(outbox.close)
+            # A full disk leaves the outbox unavailable: chat starts, answers 503 to chats and on
+            # /readyz, and the deliverer keeps retrying. A path that can never work raises here.
+            await outbox.open()
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
@@ -78,6 +82,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
+            authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
             log.info(
@@ -85,7 +90,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 llm=llm.provider,
                 llm_endpoints=[endpoint.name for endpoint in llm.endpoints] + (["offline"] if llm.offline_fallback else []),
                 analytics=settings.analytics_url,
-                outbox_depth=outbox.depth(),
+                outbox=outbox.status,
             )
             yield {
                 "settings": settings,
@@ -96,6 +101,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "outbox": outbox,
                 "deliverer": deliverer,
                 "rate_limiter": limiter,
+                "authenticator": authenticator,
             }
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
             # The clients and the outbox are still open here; the stack closes them afterwards.
@@ -117,12 +123,16 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         allow_origins=settings.cors_origins,
         allow_credentials="*" not in settings.cors_origins,
         allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     install_offline_docs(app)
-    edit_openapi(app, set_max_length("ChatMessage", "text", settings.max_text_chars))
+    edit_openapi(
+        app,
+        set_max_length("ChatMessage", "text", settings.max_text_chars),
+        *(() if settings.auth_enabled else (without_bearer_scheme,)),
+    )
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)

@@ -120,10 +120,12 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """`ok`, or `unavailable` with the outbox's error."""
+    """`ok`, or `unavailable` with why the outbox cannot take records."""
 
     status: Literal["ok", "unavailable"]
-    outbox: str | None = Field(None, description="The error the outbox raised, when unavailable")
+    outbox: str | None = Field(
+        None, description="When unavailable: disk_full, at_bound, or the error that keeps the outbox from opening"
+    )
 
 
 class DependencyReport(RootModel[dict[str, Any]]):

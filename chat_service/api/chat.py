@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 
@@ -15,20 +14,24 @@ from servicekit.openapi import responses
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
+from ..core.metrics import ChatMetrics
 from ..models import ChatMessage, ChatReply, ReplyMetadata
-from ..outbox import OutboxFull
+from ..outbox import OutboxRefused
+from .auth import AUTH_DESCRIPTIONS, CallerDep, acting_user
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
 router = APIRouter(tags=["chat"])
 log = get_logger("chat")
 
 ERRORS = responses(
-    *(400, 413, 422, 429, 502, 503, 504),
+    *(400, 401, 403, 413, 422, 429, 502, 503, 504),
     descriptions={
+        **AUTH_DESCRIPTIONS,
         400: "The message text is blank",
         429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
         502: "The model gave an answer we cannot use",
-        503: "The model provider, or the local outbox, is unavailable; retry after Retry-After when given",
+        503: "The model provider, the local outbox, or the identity provider's keys are unavailable; "
+        "retry after Retry-After when given",
         504: "The model did not answer within CHAT_RUN_DEADLINE",
     },
 )
@@ -40,14 +43,20 @@ def _text_too_long(limit: int) -> HTTPException:
     )
 
 
+def _outbox_refused(reason: str, metrics: ChatMetrics) -> HTTPException:
+    metrics.outbox_refused.labels(reason).inc()
+    log.error("outbox_refused", reason=reason)
+    return HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"})
+
+
 @router.post(
     "/chat/", response_model=ChatReply, response_model_exclude_none=True, summary="Chat with the agent", responses=ERRORS
 )
-@router.post(
-    "/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False
-)  # the same, without the slash (no redirect)
+# The same, without the slash (no redirect). `fallback` appears in a reply's metadata only when set.
+@router.post("/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False)
 async def chat(
     message: ChatMessage,
+    caller: CallerDep,
     settings: SettingsDep,
     analytics: AnalyticsDep,
     agents: AgentsDep,
@@ -58,13 +67,16 @@ async def chat(
     limiter: RateLimiterDep,
 ) -> ChatReply:
     """Answer a message, personalized with how many messages the user sent before it."""
+    user_id = acting_user(caller, message.user_id)
     if not message.text.strip():
         raise HTTPException(400, "Message text cannot be empty")
     if len(message.text) > settings.max_text_chars:
         raise _text_too_long(settings.max_text_chars)
-    structlog.contextvars.bind_contextvars(user_id=message.user_id)
+    structlog.contextvars.bind_contextvars(user_id=user_id)
+    if not outbox.accepting:  # refuse before the model runs: its answer could not be recorded
+        raise _outbox_refused(outbox.reason, metrics)
     if limiter is not None:
-        decision = await limiter.hit(message.user_id)
+        decision = await limiter.hit(user_id)
         if not decision.allowed:
             raise HTTPException(429, "Too many messages", headers={"Retry-After": str(decision.retry_after)})
 
@@ -92,10 +104,9 @@ async def chat(
         metrics.llm_latency.observe(time.perf_counter() - started)
 
     try:
-        outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
-    except (OutboxFull, sqlite3.Error) as error:
-        log.error("outbox_refused", error=type(error).__name__)
-        raise HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"}) from None
+        await outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
+    except OutboxRefused as refused:
+        raise _outbox_refused(refused.reason, metrics) from None
     deliverer.notify()
     if reply.offline:
         metrics.llm_offline_replies.inc()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import dataclasses
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from servicekit.openapi import responses
 
 from ..models import DependencyReport, Health, Readiness, Welcome
-from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
 
 router = APIRouter(tags=["health"])
 
@@ -32,20 +32,24 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     response_model=Readiness,
     summary="Readiness",
-    responses=responses(503, models={503: Readiness}, descriptions={503: "The local outbox cannot be used"}),
+    responses=responses(
+        503,
+        models={503: Readiness},
+        descriptions={503: "The outbox cannot take records (full disk, not open, at its bound), or no token key is loaded yet"},
+    ),
 )
-async def readyz(outbox: OutboxDep) -> JSONResponse:
-    """Readiness: the local outbox works. Analytics is not checked: chat has a fallback for it."""
-    try:
-        outbox.depth()
-    except sqlite3.Error as error:
-        return JSONResponse({"status": "unavailable", "outbox": type(error).__name__}, status_code=503)
+async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResponse:
+    """Readiness: the outbox takes records and, with auth on, token keys are loaded. Analytics is not checked."""
+    if not outbox.accepting:
+        return JSONResponse({"status": "unavailable", "outbox": outbox.reason}, status_code=503, headers={"Retry-After": "1"})
+    if authenticator is not None and not authenticator.ready:
+        return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/health/dependencies", response_model=DependencyReport, summary="Dependency states")
 async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
-    """Show analytics' breaker states, the outbox depth and the model endpoints with their breakers."""
+    """Show analytics' breaker states, the outbox's state and depth, and the model endpoints with their breakers."""
     pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
     return {
         "analytics": {
@@ -57,7 +61,7 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
             }
             for name, p in pipelines.items()
         },
-        "outbox": {"depth": outbox.exact_depth(), "delivered": deliverer.delivered, "dead_letters": outbox.dead_letters()},
+        "outbox": {**dataclasses.asdict(await outbox.stats()), "delivered": deliverer.delivered},
         "llm": {
             "provider": llm.provider,
             "endpoints": [
@@ -80,6 +84,9 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
 @router.get("/metrics", include_in_schema=False)
 async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
     """Prometheus metrics."""
-    registry.outbox_depth.set(outbox.depth())
-    registry.outbox_dead_letters.set(outbox.dead_letters())
+    stats = await outbox.stats()
+    registry.outbox_accepting.set(1 if outbox.accepting else 0)
+    if stats.depth is not None and stats.dead_letters is not None:
+        registry.outbox_depth.set(stats.depth)
+        registry.outbox_dead_letters.set(stats.dead_letters)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

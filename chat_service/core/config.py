@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
+import httpx
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -21,6 +22,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from resilience import Policy, Timeouts
 from servicekit.logging import LogFormat
 from servicekit.validation import OptionalSecret, OptionalText
+
+from ..auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, HMAC_MIN_BYTES
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class PolicySettings(BaseModel):
@@ -120,8 +125,11 @@ FallbackEntry = Annotated[
 
 
 def _record_policy() -> PolicySettings:
-    # Records leave the request path through the outbox: they can afford more patience.
-    return PolicySettings(deadline=3.0, read_timeout=2.0, connect_timeout=0.5, write_timeout=1.0, pool_timeout=0.5)
+    # Records leave the request path through the outbox: they can afford more patience. The
+    # breaker probes every second: a full outbox waits for analytics to come back to accept chats.
+    return PolicySettings(
+        deadline=3.0, read_timeout=2.0, connect_timeout=0.5, write_timeout=1.0, pool_timeout=0.5, breaker_reset=1.0
+    )
 
 
 class Settings(BaseSettings):
@@ -135,6 +143,9 @@ class Settings(BaseSettings):
 
     outbox_path: str = "./data/chat-outbox.sqlite3"
     outbox_max_rows: int = Field(100_000, ge=1)
+    outbox_reserve_bytes: int = Field(
+        512 * 1024, ge=64 * 1024, description="Space kept free next to the outbox so that a full disk can still drain"
+    )
     outbox_batch: int = Field(500, ge=1, le=1000)
     outbox_linger: float = Field(0.005, ge=0, description="Seconds to gather a batch before sending")
     shutdown_flush_seconds: float = Field(5.0, ge=0)
@@ -160,6 +171,18 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int | None = Field(None, ge=1, description="Chats per user per minute; off when unset")
     redis_url: OptionalText = None
 
+    # End-user authentication: off unless a secret or a JWKS URL is set (docs/auth.md).
+    auth_jwt_secret: OptionalSecret = Field(None, description="HS256 shared secret, at least 32 bytes")
+    auth_jwks_url: OptionalText = Field(None, description="The identity provider's JWK set (https, or http on loopback)")
+    auth_issuer: OptionalText = None
+    auth_audience: OptionalText = None
+    auth_algorithms: list[str] | None = Field(None, description="Default: HS256 with a secret; RS256 and ES256 with JWKS")
+    auth_leeway: float = Field(30.0, ge=0, le=300, description="Seconds of clock skew allowed on exp and nbf")
+    auth_cache_size: int = Field(4096, ge=0, description="Verified tokens remembered until they expire; 0 turns it off")
+    auth_jwks_timeout: float = Field(2.0, gt=0, le=30, description="Seconds per JWKS fetch")
+    auth_jwks_refresh_seconds: float = Field(300.0, gt=0, description="Background refetch period")
+    auth_jwks_cooldown_seconds: float = Field(10.0, gt=0, description="Least time between fetches for unknown kids or retries")
+
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
 
@@ -178,6 +201,38 @@ class Settings(BaseSettings):
         if OFFLINE in chain[:-1]:
             raise ValueError('"offline" may only be the last entry of CHAT_LLM_FALLBACKS (the last resort)')
         return chain
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Self:
+        """Refuse at start-up any auth configuration that would run weaker than it looks."""
+        secret, url = self.auth_jwt_secret, self.auth_jwks_url
+        if secret is not None and url is not None:
+            raise ValueError("set CHAT_AUTH_JWT_SECRET or CHAT_AUTH_JWKS_URL, not both")
+        if secret is None and url is None:
+            if self.auth_issuer or self.auth_audience or self.auth_algorithms:
+                raise ValueError("CHAT_AUTH_* is set but auth is off: set CHAT_AUTH_JWT_SECRET or CHAT_AUTH_JWKS_URL")
+            return self
+        allowed = HMAC_ALGORITHMS if secret is not None else ASYMMETRIC_ALGORITHMS
+        algorithms = self.auth_algorithms or (["HS256"] if secret is not None else ["RS256", "ES256"])
+        if not set(algorithms) <= allowed:
+            raise ValueError(f"CHAT_AUTH_ALGORITHMS must be among {sorted(allowed)} in this mode")
+        self.auth_algorithms = sorted(set(algorithms))
+        if secret is not None:
+            needed = max(HMAC_MIN_BYTES[alg] for alg in algorithms)
+            if len(secret.get_secret_value().encode()) < needed:
+                raise ValueError(f"CHAT_AUTH_JWT_SECRET must be at least {needed} bytes (openssl rand -hex 32)")
+        elif url is not None:
+            try:
+                parsed = httpx.URL(url)
+            except httpx.InvalidURL as error:
+                raise ValueError("CHAT_AUTH_JWKS_URL is not a URL") from error
+            if not (parsed.scheme == "https" or (parsed.scheme == "http" and parsed.host in LOOPBACK_HOSTS)):
+                raise ValueError("CHAT_AUTH_JWKS_URL must be https (plain http only on the loopback interface)")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_jwt_secret is not None or self.auth_jwks_url is not None
 
     @property
     def use_openai(self) -> bool:

@@ -35,6 +35,12 @@ class ChatMetrics(HttpMetrics):
             "chat_breaker_transitions_total", "Breaker state changes", ["target", "state"], registry=registry
         )
         self.outbox_depth = Gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry)
+        self.outbox_accepting = Gauge(
+            "chat_outbox_accepting", "1 when the outbox takes records, 0 when chats get 503 (see /readyz)", registry=registry
+        )
+        self.outbox_refused = Counter(
+            "chat_outbox_refused_total", "Chats answered 503 because the outbox refused", ["reason"], registry=registry
+        )
         self.outbox_dead_letters = Gauge(
             "chat_outbox_dead_letters", "Records analytics refused as invalid, set aside for a human", registry=registry
         )
@@ -64,6 +70,14 @@ class ChatMetrics(HttpMetrics):
         self._model_calls: dict[tuple[str, str], Counter] = {}
         self._model_latency: dict[str, Histogram] = {}
         self._model_tokens: dict[str, tuple[Counter, Counter]] = {}
+        self.auth_refusals = Counter(
+            "chat_auth_refusals_total", "Requests refused by end-user auth, by reason", ["reason"], registry=registry
+        )
+        self.jwks_fetches = Counter("chat_auth_jwks_fetches_total", "JWKS fetches by outcome", ["outcome"], registry=registry)
+
+    def on_jwks_fetch(self, outcome: str) -> None:
+        """A `JwksKeys` hook: ok, unreachable, status or invalid."""
+        self.jwks_fetches.labels(outcome).inc()
 
     def on_resilience_event(self, event: Event) -> None:
         """A `resilience` hook for the analytics pipelines."""

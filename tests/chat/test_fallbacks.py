@@ -84,9 +84,9 @@ async def test_records_wait_in_the_outbox_until_analytics_returns(tmp_path, chat
 async def test_a_record_analytics_refuses_is_set_aside_and_the_rest_get_through(tmp_path, chat_with):
     # A poison record already on disk (written by an older version, say): analytics answers 422.
     poison = Outbox(str(tmp_path / "outbox.sqlite3"), max_rows=10)
-    poison.open()
-    poison.append(RecordItem("alice", "poison", "not a timestamp"))
-    poison.close()
+    await poison.open()
+    await poison.append(RecordItem("alice", "poison", "not a timestamp"))
+    await poison.close()
     async with (
         running_analytics(tmp_path) as real,
         chat_with(real) as chat,

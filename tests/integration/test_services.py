@@ -9,6 +9,8 @@ import time
 import httpx
 import pytest
 
+from tests.fakes.identity import bearer, claims, hs256
+
 pytestmark = pytest.mark.integration
 
 TUTORIAL_REQUEST = {
@@ -116,22 +118,36 @@ def test_records_left_by_a_killed_chat_are_delivered_by_the_next_one(make_stack)
 
 def test_secrets_never_reach_logs_or_health(make_stack):
     token, key = "tok-VERY-secret-123", "sk-ALSO-secret-456"
+    jwt_secret = "jwt-SECRET-0123456789abcdef0123456789abcdef"
     stack = make_stack(
         analytics_extra={"ANALYTICS_API_TOKEN": token},
-        chat_extra={"CHAT_ANALYTICS_API_TOKEN": token, "OPENAI_API_KEY": key, "CHAT_LLM_PROVIDER": "offline"},
+        chat_extra={
+            "CHAT_ANALYTICS_API_TOKEN": token,
+            "OPENAI_API_KEY": key,
+            "CHAT_LLM_PROVIDER": "offline",
+            "CHAT_AUTH_JWT_SECRET": jwt_secret,
+        },
     )
-    assert "5 messages" in stack.chat_post("alice").json()["reply"]
+    user_token = hs256(claims("alice", iss=None, aud=None), secret=jwt_secret)
+    expired = hs256(claims("alice", ttl=-3600, iss=None, aud=None), secret=jwt_secret)
+    forged = hs256(claims("alice", iss=None, aud=None), secret=jwt_secret + "x")
+    assert "5 messages" in stack.chat_post("alice", headers=bearer(user_token)).json()["reply"]
+    refusals = [stack.chat_post("alice", headers=bearer(bad)) for bad in (expired, forged, "not.a.token")]
+    assert [r.status_code for r in refusals] == [401, 401, 401]
     assert httpx.get(stack.analytics.url + "/analytics/alice").status_code == 401
     assert httpx.get(stack.analytics.url + "/analytics/alice", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
-    health = httpx.get(stack.chat.url + "/health/dependencies").text
+    health = httpx.get(stack.chat.url + "/health/dependencies").text + httpx.get(stack.chat.url + "/readyz").text
     stack.wait_drained()
     assert stack.analytics_count("alice", headers={"Authorization": f"Bearer {token}"}) == 6
     stack.chat.stop()
     stack.analytics.stop()
     logs = stack.logs()
-    assert "request" in logs
-    for secret in (token, key):
-        assert secret not in logs and secret not in health
+    assert "request" in logs and '"reason": "expired"' in logs
+    answers = "".join(r.text + str(r.headers) for r in refusals)
+    for secret in (token, key, jwt_secret, user_token, expired, forged):
+        assert secret not in logs and secret not in health and secret not in answers
+    for signature in (t.rsplit(".", 1)[1] for t in (user_token, expired, forged)):
+        assert signature not in logs and signature not in answers
 
 
 def test_one_chat_can_be_followed_through_both_logs(make_stack):
