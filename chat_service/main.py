@@ -20,7 +20,7 @@ from servicekit.runtime import freeze_startup_objects
 from servicekit.transport import PooledTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
-from .agent.llm import build_llm
+from .agent.llm import build_llm, log_model_event
 from .analytics_client import AnalyticsClient
 from .api import chat, health, users
 from .api.auth import without_bearer_scheme
@@ -76,15 +76,22 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
-            llm = build_llm(settings)
-            resources.push_async_callback(llm.close)
+            llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics)
+            for endpoint in llm.endpoints:
+                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
             authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
-            log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox=outbox.status)
+            log.info(
+                "chat_started",
+                llm=llm.provider,
+                llm_endpoints=[endpoint.name for endpoint in llm.endpoints] + (["offline"] if llm.offline_fallback else []),
+                analytics=settings.analytics_url,
+                outbox=outbox.status,
+            )
             yield {
                 "settings": settings,
                 "metrics": metrics,

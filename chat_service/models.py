@@ -75,12 +75,20 @@ class ChatMessage(BaseModel):
     tags: Annotated[list[Tag], Field(max_length=16, description="At most 16, each 1-64 characters")] | None = None
 
 
+class ReplyMetadata(Metadata):
+    """The message's metadata, echoed; `fallback` appears only on a degraded reply."""
+
+    fallback: Literal["offline"] | None = Field(
+        None, description="'offline' when the offline model answered because no model endpoint could; absent otherwise"
+    )
+
+
 class ChatReply(BaseModel):
     """The agent's answer (the tutorial's `Response`)."""
 
     user_id: str
     reply: str = Field(description="The agent's answer, personalized with the user's message count")
-    metadata: Metadata
+    metadata: ReplyMetadata
 
 
 # The tutorial's names, for code that imports them; the schema and the clients use the names above.

@@ -83,6 +83,13 @@ class CircuitBreaker:
         return "closed"
 
     @property
+    def remaining_open(self) -> float:
+        """Seconds until an open breaker lets its half-open probe through; 0 unless open."""
+        if self.state != "open":
+            return 0.0
+        return max(0.0, self._opened_at + self._reset - self._clock.monotonic())
+
+    @property
     def consecutive_failures(self) -> int:
         return self._breaker.fail_counter
 

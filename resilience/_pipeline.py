@@ -73,15 +73,20 @@ class Pipeline:
         )
         self.bulkhead = Bulkhead(policy.bulkhead)
 
-    async def call(self, attempt: Attempt[T], *, idempotent: bool = True) -> Outcome[T]:
-        """Run `attempt` under the policy; never raises for a classified failure."""
-        deadline = self._clock.monotonic() + self.policy.deadline
+    async def call(self, attempt: Attempt[T], *, idempotent: bool = True, deadline: float | None = None) -> Outcome[T]:
+        """Run `attempt` under the policy; never raises for a classified failure.
+
+        `deadline` (seconds) shortens this call's deadline below the policy's, for a caller
+        that has less time left than that (a model call inside an agent run, say).
+        """
+        seconds = self.policy.deadline if deadline is None else min(deadline, self.policy.deadline)
+        ends_at = self._clock.monotonic() + seconds
         if not self.bulkhead.try_enter():
             self._emit("bulkhead_rejected", in_flight=self.bulkhead.in_flight)
             return self._fallback(Fallback("bulkhead_full"))
         try:
             self.budget.deposit()
-            return await self._retrying(attempt, deadline, self.policy.attempts if idempotent else 1)
+            return await self._retrying(attempt, ends_at, self.policy.attempts if idempotent else 1)
         finally:
             self.bulkhead.leave()
 

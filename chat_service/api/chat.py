@@ -15,7 +15,7 @@ from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
 from ..core.metrics import ChatMetrics
-from ..models import ChatMessage, ChatReply, Metadata
+from ..models import ChatMessage, ChatReply, ReplyMetadata
 from ..outbox import OutboxRefused
 from .auth import AUTH_DESCRIPTIONS, CallerDep, acting_user
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
@@ -49,8 +49,11 @@ def _outbox_refused(reason: str, metrics: ChatMetrics) -> HTTPException:
     return HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"})
 
 
-@router.post("/chat/", response_model=ChatReply, summary="Chat with the agent", responses=ERRORS)
-@router.post("/chat", response_model=ChatReply, include_in_schema=False)  # the same, without the slash (no redirect)
+@router.post(
+    "/chat/", response_model=ChatReply, response_model_exclude_none=True, summary="Chat with the agent", responses=ERRORS
+)
+# The same, without the slash (no redirect). `fallback` appears in a reply's metadata only when set.
+@router.post("/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False)
 async def chat(
     message: ChatMessage,
     caller: CallerDep,
@@ -105,4 +108,7 @@ async def chat(
     except OutboxRefused as refused:
         raise _outbox_refused(refused.reason, metrics) from None
     deliverer.notify()
-    return ChatReply(user_id=message.user_id, reply=reply, metadata=Metadata(session_id=message.metadata.session_id))
+    if reply.offline:
+        metrics.llm_offline_replies.inc()
+    metadata = ReplyMetadata(session_id=message.metadata.session_id, fallback="offline" if reply.offline else None)
+    return ChatReply(user_id=message.user_id, reply=reply.text, metadata=metadata)

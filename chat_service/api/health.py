@@ -49,7 +49,7 @@ async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResp
 
 @router.get("/health/dependencies", response_model=DependencyReport, summary="Dependency states")
 async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
-    """Show analytics' breaker states, the outbox's state and depth, and the LLM provider."""
+    """Show analytics' breaker states, the outbox's state and depth, and the model endpoints with their breakers."""
     pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
     return {
         "analytics": {
@@ -62,7 +62,22 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
             for name, p in pipelines.items()
         },
         "outbox": {**dataclasses.asdict(await outbox.stats()), "delivered": deliverer.delivered},
-        "llm": {"provider": llm.provider},
+        "llm": {
+            "provider": llm.provider,
+            "endpoints": [
+                {
+                    "name": endpoint.name,
+                    "breaker": endpoint.pipeline.breaker.state,
+                    "consecutive_failures": endpoint.pipeline.breaker.consecutive_failures,
+                    "reopens_in": round(endpoint.pipeline.breaker.remaining_open, 2),
+                    "in_flight": endpoint.limit.in_flight,
+                    "max_concurrency": endpoint.limit.limit,
+                    "retry_tokens": round(endpoint.pipeline.budget.tokens, 2),
+                }
+                for endpoint in llm.endpoints
+            ],
+            "offline_fallback": llm.offline_fallback,
+        },
     }
 
 

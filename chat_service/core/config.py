@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 import httpx
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience import Policy, Timeouts
@@ -53,6 +64,66 @@ class PolicySettings(BaseModel):
         )
 
 
+class ModelPolicySettings(BaseModel):
+    """The policy of every model endpoint (each keeps its own state): CHAT_LLM_POLICY__ATTEMPTS=2, ...
+
+    The per-attempt timeout is CHAT_LLM_TIMEOUT, the concurrency limit CHAT_LLM_MAX_CONCURRENCY
+    and the deadline the time the agent run has left (CHAT_RUN_DEADLINE).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(2, ge=1, le=5, description="Attempts per endpoint and model call (1: no retry)")
+    backoff_initial: float = Field(0.25, gt=0)
+    backoff_max: float = Field(2.0, gt=0)
+    retry_after_max: float = Field(1.0, ge=0, description="Longest provider Retry-After waited out on the same endpoint")
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset: float = Field(5.0, gt=0)
+    budget_ratio: float = Field(0.2, ge=0, le=1)
+    budget_reserve: float = Field(5.0, ge=0)
+    budget_refill_per_second: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _policy_can_work(self) -> Self:
+        self.to_policy(deadline=1.0, concurrency=1)  # ConfigurationError is a ValueError: a clear start-up error
+        return self
+
+    def to_policy(self, *, deadline: float, concurrency: int) -> Policy:
+        return Policy(
+            deadline=deadline,
+            attempts=self.attempts,
+            backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max,
+            retry_after_max=self.retry_after_max,
+            breaker_failures=self.breaker_failures,
+            breaker_reset=self.breaker_reset,
+            budget_ratio=self.budget_ratio,
+            budget_reserve=self.budget_reserve,
+            budget_refill_per_second=self.budget_refill_per_second,
+            bulkhead=concurrency,
+        )
+
+
+class ModelEndpointSettings(BaseModel):
+    """One further OpenAI-compatible endpoint of the fallback chain (CHAT_LLM_FALLBACKS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
+    model: Annotated[str, StringConstraints(min_length=1)]
+    api_key: SecretStr | None = None
+
+
+OFFLINE = "offline"
+
+# An entry is an endpoint object or the string "offline"; the discriminator makes a bad object's
+# errors name only the object's own fields.
+FallbackEntry = Annotated[
+    Annotated[ModelEndpointSettings, Tag("endpoint")] | Annotated[Literal["offline"], Tag("offline")],
+    Discriminator(lambda entry: "offline" if isinstance(entry, str) else "endpoint"),
+]
+
+
 def _record_policy() -> PolicySettings:
     # Records leave the request path through the outbox: they can afford more patience. The
     # breaker probes every second: a full outbox waits for analytics to come back to accept chats.
@@ -83,8 +154,12 @@ class Settings(BaseSettings):
     model: str = "gpt-4o"
     openai_api_key: OptionalSecret = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHAT_OPENAI_API_KEY"))
     openai_base_url: OptionalText = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHAT_OPENAI_BASE_URL"))
-    llm_timeout: float = Field(20.0, gt=0, description="Per LLM request, seconds")
-    llm_max_retries: int = Field(1, ge=0, le=5)
+    llm_timeout: float = Field(20.0, gt=0, description="Per model-call attempt, seconds")
+    llm_max_concurrency: int = Field(100, ge=1, description="Model calls in flight per endpoint; more fail fast")
+    llm_fallbacks: list[FallbackEntry] = Field(default_factory=list)
+    llm_policy: ModelPolicySettings = Field(default_factory=ModelPolicySettings)
+    llm_strict_responses: bool = Field(True, description="Validate provider answers against the OpenAI schema")
+    llm_max_retries: int | None = Field(None, description="Gone; set to anything, start-up fails with a pointer")
     run_deadline: float = Field(45.0, gt=0, description="Whole agent run, tools included, seconds")
     max_turns: int = Field(6, ge=1)
     tracing_enabled: bool = False
@@ -110,6 +185,22 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+
+    @field_validator("llm_max_retries")
+    @classmethod
+    def _max_retries_is_gone(cls, value: int | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "CHAT_LLM_MAX_RETRIES is gone: the openai client no longer retries; "
+                "set CHAT_LLM_POLICY__ATTEMPTS (attempts per endpoint, retries + 1) instead"
+            )
+
+    @field_validator("llm_fallbacks")
+    @classmethod
+    def _offline_comes_last(cls, chain: list[FallbackEntry]) -> list[FallbackEntry]:
+        if OFFLINE in chain[:-1]:
+            raise ValueError('"offline" may only be the last entry of CHAT_LLM_FALLBACKS (the last resort)')
+        return chain
 
     @model_validator(mode="after")
     def _check_auth(self) -> Self:

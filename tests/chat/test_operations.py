@@ -36,7 +36,7 @@ async def test_breaker_retry_and_fallback_metrics(chat_with):
     assert 'chat_analytics_retries_total{target="analytics-read"}' in metrics
     assert 'chat_analytics_fallbacks_total{reason="breaker_open",target="analytics-read"} 1.0' in metrics
     assert dependencies["analytics"]["read"]["breaker"] == "open"
-    assert dependencies["llm"] == {"provider": "offline"}
+    assert dependencies["llm"] == {"provider": "offline", "endpoints": [], "offline_fallback": False}
 
 
 async def test_chat_is_ready_while_analytics_is_down(chat_with):

@@ -73,7 +73,7 @@ def test_the_generated_chat_client_chats(live, tmp_path, monkeypatch):
             time.sleep(0.02)
         session = Metadata(session_id="s-42", timestamp=datetime(2025, 4, 6, 12, tzinfo=UTC))
         second = chat.sync(client=client, body=ChatMessage(user_id=user, text="Hi again", metadata=session, tags=["greeting"]))
-        assert "You have sent 1 messages" in second.reply and second.metadata.session_id == "s-42"
+        assert "You have sent 1 message so far" in second.reply and second.metadata.session_id == "s-42"
 
         blank = chat.sync_detailed(client=client, body=ChatMessage(user_id=user, text="   "))
         assert blank.status_code == 400 and blank.parsed == ErrorBody(detail="Message text cannot be empty")

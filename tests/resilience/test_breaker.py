@@ -186,3 +186,15 @@ async def test_a_late_failure_does_not_decide_a_half_open_breaker(make_harness):
     gate.set()
     await late
     assert h.pipeline.breaker.state == "half-open"
+
+
+async def test_remaining_open_counts_down_to_the_probe(make_harness):
+    h = make_harness(attempts=1, breaker_failures=1, breaker_reset=5.0)
+    assert h.pipeline.breaker.remaining_open == 0.0
+    h.handler = lambda _: httpx.Response(503)
+    await get(h)
+    assert h.pipeline.breaker.remaining_open == 5.0
+    h.clock.advance(3.5)
+    assert h.pipeline.breaker.remaining_open == 1.5
+    h.clock.advance(2.0)
+    assert h.pipeline.breaker.remaining_open == 0.0  # due: the next call is the probe

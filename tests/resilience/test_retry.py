@@ -212,3 +212,30 @@ async def test_a_breaker_opened_by_others_during_backoff_ends_the_retries(make_h
     assert sorted([first.attempts, second.attempts]) == [1, 1]
     assert {first.reason, second.reason} == {"breaker_open"}
     assert len(h.requests) == 2
+
+
+async def test_a_calls_own_deadline_shortens_the_policys_but_never_extends_it(make_harness):
+    h = make_harness(deadline=10)
+    seen: list[float] = []
+
+    async def attempt(seconds: float) -> str:
+        seen.append(seconds)
+        return "ok"
+
+    assert isinstance(await h.pipeline.call(attempt, deadline=2.5), Ok)
+    assert isinstance(await h.pipeline.call(attempt, deadline=60), Ok)
+    assert isinstance(await h.pipeline.call(attempt), Ok)
+    assert seen == pytest.approx([2.5, 10, 10])
+
+
+async def test_backoff_never_crosses_a_calls_own_deadline(make_harness):
+    h = make_harness(deadline=100, retry_after_max=5)
+    h.handler = lambda _: httpx.Response(503, headers={"Retry-After": "2"})
+
+    async def attempt(seconds: float) -> httpx.Response:
+        response = await h.client.get("/x")
+        return response.raise_for_status()
+
+    outcome = await h.pipeline.call(attempt, deadline=1.0)
+    assert outcome.reason == "deadline" and outcome.attempts == 1
+    assert h.clock.sleeps == []
