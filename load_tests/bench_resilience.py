@@ -1,16 +1,20 @@
-"""What the resilience wrappers cost: `uv run python -m load_tests.bench_resilience`.
+"""What the analytics call costs: `uv run python -m load_tests.bench_resilience`.
 
 Against a real local analytics process, it times the same pooled GET sent directly with
 `client.send` and through `resilience.send(pipeline, ...)`, alternating rounds so drift hits
-both equally; then it times calls refused by an open breaker (no network at all).
+both equally; then it times calls refused by an open breaker (no network at all). Last, it
+measures the client's CPU per pooled GET at 1, 32 and 100 concurrent calls for our transport
+and httpx's default one, again in alternating rounds (`--transports-only` runs just that part).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -71,24 +75,90 @@ async def measure(url: str, rounds: int, calls: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--calls", type=int, default=200)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-resilience-"))
-    analytics = ServiceProcess(
+TransportFactory = Callable[[], httpx.AsyncBaseTransport]
+TRANSPORTS: dict[str, TransportFactory] = {"ours": PooledTransport, "httpx default": httpx.AsyncHTTPTransport}
+
+
+async def _cpu_per_call(client: httpx.AsyncClient, concurrency: int, calls: int) -> float:
+    """Client CPU (this process, all threads) per GET, in microseconds, `concurrency` calls at a time."""
+
+    async def worker(share: int) -> None:
+        for _ in range(share):
+            response = await client.get("/analytics/alice")
+            assert response.status_code == 200, response.status_code
+
+    shares = [calls // concurrency + (1 if n < calls % concurrency else 0) for n in range(concurrency)]
+    started = time.process_time()
+    await asyncio.gather(*(worker(share) for share in shares))
+    return (time.process_time() - started) / calls * 1e6
+
+
+async def transport_cpu(
+    url: str,
+    transports: Mapping[str, TransportFactory],
+    *,
+    concurrencies: Sequence[int] = (1, 32, 100),
+    rounds: int = 5,
+    calls: int = 2000,
+) -> dict[int, dict[str, list[float]]]:
+    """Per concurrency, per transport: CPU us per call of each round (transports alternate within a round)."""
+    clients = {name: httpx.AsyncClient(base_url=url, transport=factory(), timeout=10) for name, factory in transports.items()}
+    results: dict[int, dict[str, list[float]]] = {}
+    try:
+        for concurrency in concurrencies:
+            for client in clients.values():  # warm: open the connections, take the code paths
+                await _cpu_per_call(client, concurrency, max(calls // 4, concurrency * 4))
+            per_transport: dict[str, list[float]] = {name: [] for name in clients}
+            for number in range(rounds):
+                order = list(clients) if number % 2 == 0 else list(reversed(clients))
+                for name in order:
+                    per_transport[name].append(await _cpu_per_call(clients[name], concurrency, calls))
+            results[concurrency] = per_transport
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return results
+
+
+def print_transport_cpu(results: Mapping[int, Mapping[str, Sequence[float]]]) -> None:
+    print("client CPU per pooled GET, us (median [min-max] of rounds):")
+    for concurrency, per_transport in results.items():
+        cells = [
+            f"{name} {statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
+            for name, values in per_transport.items()
+        ]
+        print(f"  {concurrency:>3} concurrent: " + "; ".join(cells))
+
+
+def analytics_process(work: Path) -> ServiceProcess:
+    return ServiceProcess(
         "analytics_service.main:app",
         extra_args=("--loop", "uvloop", "--http", "httptools"),
         log_path=work / "analytics.log",
         env=analytics_env(f"sqlite:///{work}/a.sqlite3", ANALYTICS_SEED_DEMO_DATA="true", ANALYTICS_LOG_LEVEL="WARNING"),
     )
-    with analytics:
-        import uvloop
 
-        result = uvloop.run(measure(analytics.url, args.rounds, args.calls))
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--cpu-rounds", type=int, default=5, help="rounds of the transport CPU comparison")
+    parser.add_argument("--cpu-calls", type=int, default=2000, help="calls per transport per round")
+    parser.add_argument("--transports-only", action="store_true", help="only the transport CPU comparison")
+    args = parser.parse_args()
+    import uvloop
+
+    with analytics_process(Path(tempfile.mkdtemp(prefix="bench-resilience-"))) as analytics:
+        if not args.transports_only:
+            print_pipeline_cost(uvloop.run(measure(analytics.url, args.rounds, args.calls)), args.rounds)
+        cpu = uvloop.run(transport_cpu(analytics.url, TRANSPORTS, rounds=args.cpu_rounds, calls=args.cpu_calls))
+    print_transport_cpu(cpu)
+
+
+def print_pipeline_cost(result: Mapping[str, float], rounds: int) -> None:
     print(
-        f"pooled GET, direct:           {result['direct_us']} us/call (median of {args.rounds} rounds)\n"
+        f"pooled GET, direct:           {result['direct_us']} us/call (median of {rounds} rounds)\n"
         f"pooled GET, through pipeline: {result['through_pipeline_us']} us/call\n"
         f"overhead (median of paired rounds): {result['overhead_us']} us/call ({result['overhead_pct']}%)\n"
         f"open breaker, per call:       {result['open_breaker_us']} us with an httpx request built and sent "
