@@ -16,7 +16,7 @@ from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
 from servicekit.runtime import freeze_startup_objects
-from servicekit.transport import PooledTransport
+from servicekit.transport import AiohttpTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
 from .agent.llm import build_llm
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             http = await resources.enter_async_context(
                 httpx.AsyncClient(
                     base_url=settings.analytics_url,
-                    transport=transport or PooledTransport(max_connections=settings.analytics_max_connections),
+                    transport=transport or AiohttpTransport(max_connections=settings.analytics_max_connections),
                     timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
                 )
             )

@@ -73,7 +73,7 @@ def main() -> None:
                 for i in range(n, min(n + 500, args.users))
             ]
             httpx.post(analytics.url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
-        for name, transport in (("floor_httpx", "httpx"), ("floor", "pooled")):
+        for name, transport in (("floor_httpx", "httpx"), ("floor", "aiohttp")):
             floor = ServiceProcess(
                 "load_tests.floor_app:app",
                 extra_args=FAST,

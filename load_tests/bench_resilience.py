@@ -20,16 +20,18 @@ from pathlib import Path
 import httpx
 
 from resilience import Pipeline, Policy, classify_httpx, send
-from servicekit.transport import PooledTransport
+from servicekit.transport import AiohttpTransport
 
 from .processes import ServiceProcess, analytics_env
 
+TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
-async def measure(url: str, rounds: int, calls: int) -> dict[str, float]:
+
+async def measure(url: str, rounds: int, calls: int, transport: TransportFactory = AiohttpTransport) -> dict[str, float]:
     pipeline = Pipeline("bench", Policy(), on=classify_httpx, hooks=())
     direct: list[float] = []
     wrapped: list[float] = []
-    async with httpx.AsyncClient(base_url=url, transport=PooledTransport()) as client:
+    async with httpx.AsyncClient(base_url=url, transport=transport()) as client:
         for _ in range(200):  # warm the pool and the code paths
             await client.send(client.build_request("GET", "/analytics/alice"))
             await send(pipeline, client, client.build_request("GET", "/analytics/alice"))
@@ -75,8 +77,7 @@ async def measure(url: str, rounds: int, calls: int) -> dict[str, float]:
     }
 
 
-TransportFactory = Callable[[], httpx.AsyncBaseTransport]
-TRANSPORTS: dict[str, TransportFactory] = {"ours": PooledTransport, "httpx default": httpx.AsyncHTTPTransport}
+TRANSPORTS: dict[str, TransportFactory] = {"ours": AiohttpTransport, "httpx default": httpx.AsyncHTTPTransport}
 
 
 async def _cpu_per_call(client: httpx.AsyncClient, concurrency: int, calls: int) -> float:
