@@ -6,7 +6,9 @@ import sqlite3
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from servicekit.metrics import exposition
 
 from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
 
@@ -59,4 +61,4 @@ async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
     """Prometheus metrics."""
     registry.outbox_depth.set(outbox.depth())
     registry.outbox_dead_letters.set(outbox.dead_letters())
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(registry.registry), media_type=CONTENT_TYPE_LATEST)

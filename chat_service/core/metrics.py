@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from resilience import Event
-from servicekit.metrics import LATENCY_BUCKETS, HttpMetrics
+from servicekit.metrics import LATENCY_BUCKETS, HttpMetrics, gauge
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -27,15 +27,20 @@ class ChatMetrics(HttpMetrics):
         self.bulkhead_rejections = Counter(
             "chat_bulkhead_rejected_total", "Calls refused by a full bulkhead", ["target"], registry=registry
         )
-        self.breaker_state = Gauge(
-            "chat_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ["target"], registry=registry
+        # Each worker has its own breakers: one series per worker (a `pid` label under workers).
+        self.breaker_state = gauge(
+            "chat_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ["target"], registry=registry, mode="liveall"
         )
         self.breaker_transitions = Counter(
             "chat_breaker_transitions_total", "Breaker state changes", ["target", "state"], registry=registry
         )
-        self.outbox_depth = Gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry)
-        self.outbox_dead_letters = Gauge(
-            "chat_outbox_dead_letters", "Records analytics refused as invalid, set aside for a human", registry=registry
+        # Workers on a host share one outbox file: the scraped worker's fresh reading is the answer.
+        self.outbox_depth = gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry, mode="livemostrecent")
+        self.outbox_dead_letters = gauge(
+            "chat_outbox_dead_letters",
+            "Records analytics refused as invalid, set aside for a human",
+            registry=registry,
+            mode="livemostrecent",
         )
         self.llm_latency = Histogram("chat_llm_run_seconds", "Whole agent runs", buckets=LATENCY_BUCKETS, registry=registry)
         self.llm_errors = Counter("chat_llm_errors_total", "Failed agent runs", ["kind"], registry=registry)
