@@ -3,15 +3,19 @@
 Against a real local analytics process, it times the same pooled GET sent directly with
 `client.send` and through `resilience.send(pipeline, ...)`, alternating rounds so drift hits
 both equally; then it times calls refused by an open breaker (no network at all). Last, it
-measures the client's CPU per pooled GET at 1, 32 and 100 concurrent calls for our transport
-and httpx's default one, again in alternating rounds (`--transports-only` runs just that part).
+measures the client's CPU per pooled GET at 1, 32 and 100 concurrent calls, and the wall time
+of one call at a time, for our transport, httpx's default one and any `--transport` given,
+again in alternating rounds (`--transports-only` runs just that part).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,8 +84,29 @@ async def measure(url: str, rounds: int, calls: int, transport: TransportFactory
 TRANSPORTS: dict[str, TransportFactory] = {"ours": AiohttpTransport, "httpx default": httpx.AsyncHTTPTransport}
 
 
-async def _cpu_per_call(client: httpx.AsyncClient, concurrency: int, calls: int) -> float:
-    """Client CPU (this process, all threads) per GET, in microseconds, `concurrency` calls at a time."""
+def load_transport(spec: str) -> tuple[str, TransportFactory]:
+    """`NAME=module:Class` or `NAME=path/to/file.py:Class`: a transport to compare with ours.
+
+    For example the hand-written transport this project used before, from git history:
+    `git show 26adc80:servicekit/transport.py > /tmp/old_transport.py`, then
+    `--transport old=/tmp/old_transport.py:PooledTransport`.
+    """
+    name, _, target = spec.partition("=")
+    location, _, attribute = target.rpartition(":")
+    if location.endswith(".py"):
+        module_spec = importlib.util.spec_from_file_location(Path(location).stem, location)
+        assert module_spec is not None and module_spec.loader is not None, location
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # dataclasses look their module up there
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(location)
+    factory: TransportFactory = getattr(module, attribute)
+    return name, factory
+
+
+async def _per_call(client: httpx.AsyncClient, concurrency: int, calls: int) -> tuple[float, float]:
+    """Client CPU (this process, all threads) and wall time per GET, in us, `concurrency` calls at a time."""
 
     async def worker(share: int) -> None:
         for _ in range(share):
@@ -89,31 +114,31 @@ async def _cpu_per_call(client: httpx.AsyncClient, concurrency: int, calls: int)
             assert response.status_code == 200, response.status_code
 
     shares = [calls // concurrency + (1 if n < calls % concurrency else 0) for n in range(concurrency)]
-    started = time.process_time()
+    cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(share) for share in shares))
-    return (time.process_time() - started) / calls * 1e6
+    return (time.process_time() - cpu) / calls * 1e6, (time.perf_counter() - wall) / calls * 1e6
 
 
-async def transport_cpu(
+async def transport_cost(
     url: str,
     transports: Mapping[str, TransportFactory],
     *,
     concurrencies: Sequence[int] = (1, 32, 100),
     rounds: int = 5,
     calls: int = 2000,
-) -> dict[int, dict[str, list[float]]]:
-    """Per concurrency, per transport: CPU us per call of each round (transports alternate within a round)."""
+) -> dict[int, dict[str, list[tuple[float, float]]]]:
+    """Per concurrency, per transport: (CPU, wall) us per call of each round; transports alternate."""
     clients = {name: httpx.AsyncClient(base_url=url, transport=factory(), timeout=10) for name, factory in transports.items()}
-    results: dict[int, dict[str, list[float]]] = {}
+    results: dict[int, dict[str, list[tuple[float, float]]]] = {}
     try:
         for concurrency in concurrencies:
             for client in clients.values():  # warm: open the connections, take the code paths
-                await _cpu_per_call(client, concurrency, max(calls // 4, concurrency * 4))
-            per_transport: dict[str, list[float]] = {name: [] for name in clients}
+                await _per_call(client, concurrency, max(calls // 4, concurrency * 4))
+            per_transport: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
             for number in range(rounds):
                 order = list(clients) if number % 2 == 0 else list(reversed(clients))
                 for name in order:
-                    per_transport[name].append(await _cpu_per_call(clients[name], concurrency, calls))
+                    per_transport[name].append(await _per_call(clients[name], concurrency, calls))
             results[concurrency] = per_transport
     finally:
         for client in clients.values():
@@ -121,14 +146,17 @@ async def transport_cpu(
     return results
 
 
-def print_transport_cpu(results: Mapping[int, Mapping[str, Sequence[float]]]) -> None:
+def print_transport_cost(results: Mapping[int, Mapping[str, Sequence[tuple[float, float]]]]) -> None:
+    def cell(name: str, values: list[float]) -> str:
+        return f"{name} {statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
+
     print("client CPU per pooled GET, us (median [min-max] of rounds):")
     for concurrency, per_transport in results.items():
-        cells = [
-            f"{name} {statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
-            for name, values in per_transport.items()
-        ]
+        cells = [cell(name, [cpu for cpu, _ in rounds]) for name, rounds in per_transport.items()]
         print(f"  {concurrency:>3} concurrent: " + "; ".join(cells))
+    if 1 in results:
+        cells = [cell(name, [wall for _, wall in rounds]) for name, rounds in results[1].items()]
+        print("one call at a time, wall us per GET (the call's latency): " + "; ".join(cells))
 
 
 def analytics_process(work: Path) -> ServiceProcess:
@@ -147,14 +175,22 @@ def main() -> None:
     parser.add_argument("--cpu-rounds", type=int, default=5, help="rounds of the transport CPU comparison")
     parser.add_argument("--cpu-calls", type=int, default=2000, help="calls per transport per round")
     parser.add_argument("--transports-only", action="store_true", help="only the transport CPU comparison")
+    parser.add_argument(
+        "--transport",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CLASS",
+        help="another transport to compare (repeatable); MODULE may be a .py path",
+    )
     args = parser.parse_args()
     import uvloop
 
+    transports = {**TRANSPORTS, **dict(load_transport(spec) for spec in args.transport)}
     with analytics_process(Path(tempfile.mkdtemp(prefix="bench-resilience-"))) as analytics:
         if not args.transports_only:
             print_pipeline_cost(uvloop.run(measure(analytics.url, args.rounds, args.calls)), args.rounds)
-        cpu = uvloop.run(transport_cpu(analytics.url, TRANSPORTS, rounds=args.cpu_rounds, calls=args.cpu_calls))
-    print_transport_cpu(cpu)
+        cost = uvloop.run(transport_cost(analytics.url, transports, rounds=args.cpu_rounds, calls=args.cpu_calls))
+    print_transport_cost(cost)
 
 
 def print_pipeline_cost(result: Mapping[str, float], rounds: int) -> None:

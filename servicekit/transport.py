@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+import weakref
+from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
@@ -50,6 +53,10 @@ class _IdleCheckingConnector(aiohttp.TCPConnector):
     dead; `should_close` is aiohttp's own verdict on the connection, checked here.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._used: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
     async def connect(
         self,
         req: ClientRequest,
@@ -58,9 +65,16 @@ class _IdleCheckingConnector(aiohttp.TCPConnector):
     ) -> Connection:
         while True:
             connection = await super().connect(req, traces, timeout)
-            if connection.protocol is None or not connection.protocol.should_close:
+            protocol = connection.protocol
+            if protocol is None or protocol not in self._used:
+                # A new connection: whatever it holds already (a server's greeting or refusal)
+                # is this request's to meet, and must not make us reconnect forever.
+                if protocol is not None:
+                    self._used.add(protocol)
                 return connection
-            connection.close()  # a fresh connection is never `should_close`: this loop ends
+            if not protocol.should_close:
+                return connection
+            connection.close()  # from the pool, and dead: try the next one
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):

@@ -134,6 +134,28 @@ async def test_a_408_waiting_on_an_idle_connection_is_never_read_as_the_next_ans
     assert server.connections == 2, "the connection holding the 408 was dropped, not reused"
 
 
+async def test_a_server_that_answers_408_on_every_new_connection_is_met_not_reconnected_to_forever():
+    connections = 0
+
+    async def refuse(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        try:
+            async with asyncio.timeout(5):
+                response = await client.get(f"http://127.0.0.1:{port}/")
+            assert response.status_code == 408
+        except httpx.TransportError:
+            pass  # the close won the race with the answer: an error of httpx's, also fine
+    assert connections <= 2, "at most aiohttp's one replay of a GET"
+
+
 async def test_a_connection_the_peer_closed_while_idle_is_not_reused(wire):
     server, client = wire
     assert (await client.get("/http10/1")).text == "1"
