@@ -41,6 +41,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # aiohttp replays requests with these methods once itself when a connection breaks before the
 # response (RFC 9112 9.3.1): the same set as its own `IDEMPOTENT_METHODS`.
 AIOHTTP_REPLAYS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# aiohttp waits for the peer (a drain) only once a request has written more than 64 KiB: a
+# smaller one (head and body) is handed to the socket at once, whatever the peer does, so only
+# larger bodies need a write timeout.
+UNBLOCKABLE_BODY_BYTES = 48 * 1024
 HTTP_VERSIONS: dict[tuple[int, int] | None, bytes] = {(1, 1): b"HTTP/1.1", (1, 0): b"HTTP/1.0"}
 
 
@@ -151,10 +155,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             timeout=self._client_timeout(timeouts.get("connect"), timeouts.get("read")),
         )
         try:
-            if not body:
-                return await sending  # without a body, the request goes out in one write that cannot block
+            if len(body) <= UNBLOCKABLE_BODY_BYTES:
+                return await sending
             # aiohttp has no write timeout, and starts its read timer only once the body is written:
-            # a peer that stops reading would hold us forever. Bound the whole send.
+            # a peer that stops reading would hold a large body forever. Bound the whole send.
             limit = _total(timeouts.get("connect"), timeouts.get("write"), timeouts.get("read"))
             try:
                 async with asyncio.timeout(limit):
