@@ -17,7 +17,7 @@ from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
 from servicekit.openapi import edit_openapi, operation_id, set_max_length
 from servicekit.runtime import freeze_startup_objects
-from servicekit.transport import PooledTransport
+from servicekit.transport import AiohttpTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
 from .agent.llm import build_llm, log_model_event
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             http = await resources.enter_async_context(
                 httpx.AsyncClient(
                     base_url=settings.analytics_url,
-                    transport=transport or PooledTransport(max_connections=settings.analytics_max_connections),
+                    transport=transport or AiohttpTransport(max_connections=settings.analytics_max_connections),
                     timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
                 )
             )

@@ -123,7 +123,7 @@ def _run(process: ServiceProcess, args: argparse.Namespace, connections: int) ->
 def offline_path(analytics: ServiceProcess, work: Path, args: argparse.Namespace) -> dict[str, object]:
     """Chat on the offline model against a floor that makes the one analytics GET."""
     results: dict[str, object] = {}
-    for name, transport in (("floor_httpx", "httpx"), ("floor", "pooled")):
+    for name, transport in (("floor_httpx", "httpx"), ("floor", "aiohttp")):
         floor = ServiceProcess(
             "load_tests.floor_app:app",
             extra_args=FAST,
@@ -169,7 +169,7 @@ def model_path(analytics: ServiceProcess, work: Path, args: argparse.Namespace) 
                 log_path=work / "floor-model.log",
                 env={
                     "ANALYTICS_URL": analytics.url,
-                    "FLOOR_TRANSPORT": "pooled",
+                    "FLOOR_TRANSPORT": "aiohttp",
                     "FLOOR_MODEL_URL": model.url + "/v1",
                     "FLOOR_MODEL_CLIENT": client,
                 },

@@ -1,7 +1,8 @@
 """The benchmark's floor: parse the same `Message`, make one pooled GET to analytics, answer.
 
 `uvicorn load_tests.floor_app:app`; reads ANALYTICS_URL (default http://127.0.0.1:8001) and
-FLOOR_TRANSPORT: `httpx` (httpx's default pool) or `pooled` (the transport chat uses).
+FLOOR_TRANSPORT: `httpx` (httpx's default pool) or `aiohttp` (`servicekit.transport.AiohttpTransport`,
+the transport chat uses).
 
 With FLOOR_MODEL_URL (an OpenAI-compatible base URL) it is the model path's floor: after the
 GET it makes one chat-completions call with the official openai client, defaults and all, on
@@ -23,13 +24,13 @@ from fastapi import FastAPI, Request
 
 from chat_service.analytics_client import path_segment
 from chat_service.models import Message
-from servicekit.transport import PooledTransport
+from servicekit.transport import AiohttpTransport
 
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
     url = os.environ.get("ANALYTICS_URL", "http://127.0.0.1:8001")
-    transport = PooledTransport() if os.environ.get("FLOOR_TRANSPORT") == "pooled" else None
+    transport = AiohttpTransport() if os.environ.get("FLOOR_TRANSPORT") == "aiohttp" else None
     async with AsyncExitStack() as resources:
         client = await resources.enter_async_context(httpx.AsyncClient(base_url=url, transport=transport))
         model: openai.AsyncOpenAI | None = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from servicekit.metrics import exposition
 from servicekit.openapi import responses
 
 from ..models import Health, Readiness, Welcome
@@ -44,4 +45,4 @@ async def readyz(store: StoreDep) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(registry: MetricsDep) -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(registry.registry), media_type=CONTENT_TYPE_LATEST)

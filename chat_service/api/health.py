@@ -6,8 +6,9 @@ import dataclasses
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from servicekit.metrics import exposition
 from servicekit.openapi import responses
 
 from ..models import DependencyReport, Health, Readiness, Welcome
@@ -89,4 +90,4 @@ async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
     if stats.depth is not None and stats.dead_letters is not None:
         registry.outbox_depth.set(stats.depth)
         registry.outbox_dead_letters.set(stats.dead_letters)
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from resilience import Bulkhead, Event
-from servicekit.metrics import LATENCY_BUCKETS, HttpMetrics
+from servicekit.metrics import LATENCY_BUCKETS, HttpMetrics, gauge
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 MODEL_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 45.0)
@@ -28,21 +28,29 @@ class ChatMetrics(HttpMetrics):
         self.bulkhead_rejections = Counter(
             "chat_bulkhead_rejected_total", "Calls refused by a full bulkhead", ["target"], registry=registry
         )
-        self.breaker_state = Gauge(
-            "chat_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ["target"], registry=registry
+        # Each worker has its own breakers: one series per worker (a `pid` label under workers).
+        self.breaker_state = gauge(
+            "chat_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ["target"], registry=registry, mode="liveall"
         )
         self.breaker_transitions = Counter(
             "chat_breaker_transitions_total", "Breaker state changes", ["target", "state"], registry=registry
         )
-        self.outbox_depth = Gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry)
-        self.outbox_accepting = Gauge(
-            "chat_outbox_accepting", "1 when the outbox takes records, 0 when chats get 503 (see /readyz)", registry=registry
+        # Workers on a host share one outbox file: the scraped worker's fresh reading is the answer.
+        self.outbox_depth = gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry, mode="livemostrecent")
+        self.outbox_accepting = gauge(
+            "chat_outbox_accepting",
+            "1 when the outbox takes records, 0 when chats get 503 (see /readyz); the lowest of the live workers",
+            registry=registry,
+            mode="livemin",
         )
         self.outbox_refused = Counter(
             "chat_outbox_refused_total", "Chats answered 503 because the outbox refused", ["reason"], registry=registry
         )
-        self.outbox_dead_letters = Gauge(
-            "chat_outbox_dead_letters", "Records analytics refused as invalid, set aside for a human", registry=registry
+        self.outbox_dead_letters = gauge(
+            "chat_outbox_dead_letters",
+            "Records analytics refused as invalid, set aside for a human",
+            registry=registry,
+            mode="livemostrecent",
         )
         self.llm_latency = Histogram("chat_llm_run_seconds", "Whole agent runs", buckets=LATENCY_BUCKETS, registry=registry)
         self.llm_errors = Counter("chat_llm_errors_total", "Failed agent runs", ["kind"], registry=registry)
@@ -63,7 +71,11 @@ class ChatMetrics(HttpMetrics):
             "chat_llm_tokens_total", "Tokens used per endpoint (the SDK's usage)", ["endpoint", "kind"], registry=registry
         )
         self.llm_retries = Counter("chat_llm_retries_total", "Model call retries scheduled", ["endpoint"], registry=registry)
-        self.llm_in_flight = Gauge("chat_llm_in_flight", "Model calls in flight per endpoint", ["endpoint"], registry=registry)
+        # Read from each endpoint's limit at scrape time (set_function): exact in one process; under
+        # --workers the multiprocess collector cannot call functions, so it shows only what was set.
+        self.llm_in_flight = gauge(
+            "chat_llm_in_flight", "Model calls in flight per endpoint", ["endpoint"], registry=registry, mode="livesum"
+        )
         self.llm_offline_replies = Counter(
             "chat_llm_offline_replies_total", "Replies the offline model gave because no endpoint could", registry=registry
         )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import signal
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -161,7 +165,7 @@ def test_one_chat_can_be_followed_through_both_logs(make_stack):
     assert '"request_id": "trace-me-123"' in analytics_log
 
 
-def test_several_chat_workers_share_the_outbox_and_lose_nothing(tmp_path):
+async def test_several_chat_workers_share_the_outbox_and_the_metrics_and_lose_nothing(tmp_path):
     from load_tests.processes import ServiceProcess, analytics_env, chat_env
 
     analytics = ServiceProcess(
@@ -175,13 +179,70 @@ def test_several_chat_workers_share_the_outbox_and_lose_nothing(tmp_path):
         workers=2,
         env=chat_env(analytics.url, tmp_path / "outbox.sqlite3"),
     )
+    log = tmp_path / "chat.log"
+    # No keep-alive: every request opens a fresh connection, and either worker may accept it.
+    fresh = httpx.Limits(max_keepalive_connections=0)
     with analytics, chat:
-        with httpx.Client(base_url=chat.url, timeout=10) as client:
-            statuses = [client.post("/chat/", json={"user_id": "worker-user", "text": "hi"}).status_code for _ in range(30)]
-        assert statuses == [200] * 30
-        deadline = time.monotonic() + 15
-        while httpx.get(f"{analytics.url}/analytics/worker-user").json().get("message_count") != 30:
-            assert time.monotonic() < deadline, "records were lost or duplicated across workers"
-            time.sleep(0.1)
-    log = (tmp_path / "chat.log").read_text()
-    assert log.count('"event": "chat_started"') == 2, "two worker processes served"
+        assert chat.metrics_dir is not None, "workers get a fresh PROMETHEUS_MULTIPROC_DIR"
+        deadline = time.monotonic() + 30
+        while len(workers := {line["pid"] for line in _log_lines(log) if line.get("event") == "chat_started"}) < 2:
+            assert time.monotonic() < deadline, "the second worker never started"
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=chat.url, timeout=10, limits=fresh) as client:
+            statuses: list[int] = []
+            for _ in range(10):  # a few at a time until both workers have answered chats
+                replies = await asyncio.gather(
+                    *(client.post("/chat/", json={"user_id": "worker-user", "text": "hi"}) for _ in range(8))
+                )
+                statuses += [reply.status_code for reply in replies]
+                if _pids_serving(log, "/chat/", len(statuses)) == workers:
+                    break
+            sent = len(statuses)
+            assert statuses == [200] * sent
+            # A 200 from /chat/ means that worker appended the record to the shared outbox first.
+            by_worker = Counter(line["pid"] for line in _access_lines(log, "/chat/"))
+            assert set(by_worker) == workers and sum(by_worker.values()) == sent, by_worker
+
+            deadline = time.monotonic() + 15
+            while httpx.get(f"{analytics.url}/analytics/worker-user").json().get("message_count") != sent:
+                assert time.monotonic() < deadline, "records were lost or duplicated across workers"
+                await asyncio.sleep(0.1)
+
+            served = f'http_requests_total{{method="POST",route="/chat/",status="200"}} {float(sent)}'
+            for scrapes in range(1, 61):  # until both workers have answered a scrape
+                assert served in (await client.get("/metrics")).text, "the totals cover every worker"
+                if _pids_serving(log, "/metrics", scrapes) == workers:
+                    break
+            assert {line["pid"] for line in _access_lines(log, "/metrics")} == workers
+
+            # A worker killed outright leaves its gauge files behind; the next scrape forgets
+            # them, while its counters still count.
+            dead = min(workers)
+            os.kill(dead, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while any(chat.metrics_dir.glob(f"gauge_live*_{dead}.db")):
+                assert time.monotonic() < deadline, "the dead worker's gauges were never dropped"
+                assert served in (await client.get("/metrics")).text
+                await asyncio.sleep(0.05)
+            assert any(chat.metrics_dir.glob(f"counter_{dead}.db"))
+
+
+def _log_lines(path) -> list[dict]:
+    lines = []
+    for raw in path.read_text().splitlines():
+        if raw.startswith("{"):
+            lines.append(json.loads(raw))
+    return lines
+
+
+def _access_lines(path, route: str) -> list[dict]:
+    return [line for line in _log_lines(path) if line.get("event") == "request" and line.get("path") == route]
+
+
+def _pids_serving(path, route: str, expected: int, timeout: float = 5.0) -> set[int]:
+    """The pids that answered `route`, once the access lines of all `expected` requests are written."""
+    deadline = time.monotonic() + timeout
+    while len(lines := _access_lines(path, route)) < expected:
+        assert time.monotonic() < deadline, f"{len(lines)} of {expected} access lines for {route}"
+        time.sleep(0.02)
+    return {line["pid"] for line in lines}
