@@ -1,8 +1,7 @@
-"""The pipeline: deadline -> bulkhead -> retry -> circuit breaker -> attempt timeout -> call."""
+"""The pipeline: deadline -> bulkhead -> retry (or hedging) -> circuit breaker -> attempt timeout -> call."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -14,25 +13,22 @@ from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._classify import Classifier, Failure
 from ._clock import Clock, SystemClock
+from ._errors import Rejected as _Rejected
+from ._errors import Unknown as _Unknown
 from ._events import Event, EventName, Hook, log_event
+from ._hedging import hedged
 from ._outcome import Fallback, Ok, Outcome, Reason
 from ._policy import Policy
 
 T = TypeVar("T")
 
 Attempt = Callable[[float], Awaitable[T]]
-"""One attempt; it receives the seconds it may take (already clipped to the deadline)."""
+"""One attempt; it receives the seconds it may take, and is cancelled (TimeoutError) past them.
 
-
-class _Rejected(Exception):
-    """An attempt that never reached the network (open breaker): ends the retries at once."""
-
-
-class _Unknown(Exception):
-    """Wraps an error the classifier does not know, so tenacity stops and we re-raise it."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+That is `policy.timeouts.read` when another attempt could follow this one with as much time,
+and all the time left before the deadline when this is the last attempt the deadline, the
+attempt count and the retry budget allow (or a hedged one, or a half-open breaker's probe).
+"""
 
 
 class Pipeline:
@@ -60,10 +56,14 @@ class Pipeline:
         self._rng = rng or random.Random()
         self.breaker = CircuitBreaker(
             target,
-            failures=policy.breaker_failures,
             reset=policy.breaker_reset,
             clock=self._clock,
             emit=self._emit_event,
+            mode=policy.breaker_mode,
+            failures=policy.breaker_failures,
+            window=policy.breaker_window,
+            min_calls=policy.breaker_min_calls,
+            failure_rate=policy.breaker_failure_rate,
         )
         self.budget = RetryBudget(
             ratio=policy.budget_ratio,
@@ -81,7 +81,10 @@ class Pipeline:
             return self._fallback(Fallback("bulkhead_full"))
         try:
             self.budget.deposit()
-            return await self._retrying(attempt, deadline, self.policy.attempts if idempotent else 1)
+            attempts = self.policy.attempts if idempotent else 1
+            if self.policy.hedge_delay is not None and attempts > 1:
+                return await hedged(self, attempt, deadline, attempts)
+            return await self._retrying(attempt, deadline, attempts)
         finally:
             self.bulkhead.leave()
 
@@ -93,7 +96,7 @@ class Pipeline:
         stop_reason: list[Reason] = []
         try:
             try:
-                return Ok(await self._one_attempt(attempt, deadline), attempts=1)
+                return Ok(await self._one_attempt(attempt, deadline, 1, attempts), attempts=1)
             except Exception as error:
                 if attempts == 1 or not self._is_transient(error):
                     raise
@@ -111,13 +114,13 @@ class Pipeline:
                 with attempt_manager:
                     if number == 1:
                         raise first_failure
-                    value = await self._one_attempt(attempt, deadline)
+                    value = await self._one_attempt(attempt, deadline, number, attempts)
             return Ok(value, attempts=number)
         except _Unknown as unknown:
             raise unknown.error from None
         except _Rejected:
             return self._fallback(Fallback("breaker_open", attempts=number - 1))
-        except Exception as error:  # only classified failures get here (see _one_attempt)
+        except Exception as error:  # only classified failures get here (see _judged)
             return self._failed(error, number, stop_reason[0] if stop_reason else None)
 
     def _failed(self, error: Exception, attempts: int, stop_reason: Reason | None) -> Fallback:
@@ -125,18 +128,32 @@ class Pipeline:
         assert failure is not None
         return self._fallback(Fallback(stop_reason or failure.reason, attempts=attempts, error=error, status=failure.status))
 
-    async def _one_attempt(self, attempt: Attempt[T], deadline: float) -> T:
+    async def _one_attempt(self, attempt: Attempt[T], deadline: float, number: int, attempts: int) -> T:
         admission = self.breaker.admit()
         if admission == "reject":
             raise _Rejected
         remaining = deadline - self._clock.monotonic()
+        cap = self.policy.timeouts.read
+        # Cut this attempt at `cap` only if a retry could still get a full `cap` after it; the
+        # last attempt gets all the time left: a peer that answers in 0.3 s is slow, not down.
+        if (
+            admission == "pass"
+            and number < attempts
+            and remaining - cap - self._backoff_ceiling(number) >= cap
+            and self.budget.tokens >= 1.0
+        ):
+            return await self._judged(attempt, admission, cap)
+        return await self._judged(attempt, admission, remaining)
+
+    async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float) -> T:
+        """Run one admitted attempt within `allowed` seconds and report it to the breaker."""
         try:
-            async with asyncio.timeout(remaining):
-                value = await attempt(remaining)
-        except asyncio.CancelledError:
-            self.breaker.release(admission)
-            raise
-        except Exception as error:
+            async with self._clock.timeout(allowed):
+                value = await attempt(allowed)
+        except BaseException as error:
+            if not isinstance(error, Exception):  # cancelled: the caller gave up, no verdict
+                self.breaker.release(admission)
+                raise
             self._judge(error, admission)
             raise
         self.breaker.record_success(admission)
@@ -159,33 +176,46 @@ class Pipeline:
         failure = self._classify(error)
         return failure is not None and failure.transient
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
+    def _backoff_ceiling(self, number: int) -> float:
+        return min(self.policy.backoff_max, self.policy.backoff_initial * 2.0 ** (number - 1))
+
+    def _backoff(self, number: int, failure: Failure | None) -> float:
         # Full jitter (AWS): uniform in [0, min(max, initial * 2**n)], but never sooner than
         # the peer's Retry-After.
-        ceiling = min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (state.attempt_number - 1))
-        delay = self._rng.uniform(0, ceiling)
-        failure = self._failure_of(state)
+        delay = self._rng.uniform(0, self._backoff_ceiling(number))
         if failure is not None and failure.retry_after is not None:
             delay = max(delay, failure.retry_after)
         return delay
 
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        return self._backoff(state.attempt_number, self._failure_of(state))
+
     def _stop(self, state: tenacity.RetryCallState, deadline: float, attempts: int, why: list[Reason]) -> bool:
         if state.attempt_number >= attempts:
             return True
+        stop, reason = self._refuse_retry(self._failure_of(state), deadline, state.upcoming_sleep)
+        if reason is not None:
+            why.append(reason)
+        return stop
+
+    def _refuse_retry(self, failure: Failure | None, deadline: float, sleep: float) -> tuple[bool, Reason | None]:
+        """Whether to stop instead of starting another attempt after `sleep` seconds, and why.
+
+        The retry budget is spent only when everything else lets the retry go ahead.
+        """
         if self.breaker.state == "open":
-            why.append("breaker_open")
-            return True  # an open breaker ends the retries at once, without a backoff sleep
-        failure = self._failure_of(state)
-        if failure is not None and failure.retry_after is not None and failure.retry_after > self.policy.retry_after_max:
-            return True  # the peer asked for more patience than a chat request has
-        if self._clock.monotonic() + state.upcoming_sleep >= deadline:
-            why.append("deadline")
-            return True
+            return True, "breaker_open"  # an open breaker ends the retries at once, without a backoff sleep
+        if self._asks_too_much(failure):
+            return True, None  # the peer asked for more patience than this call has
+        if self._clock.monotonic() + sleep >= deadline:
+            return True, "deadline"
         if not self.budget.try_withdraw():
-            why.append("budget_exhausted")
             self._emit("budget_exhausted", tokens=self.budget.tokens)
-            return True
-        return False
+            return True, "budget_exhausted"
+        return False, None
+
+    def _asks_too_much(self, failure: Failure | None) -> bool:
+        return failure is not None and failure.retry_after is not None and failure.retry_after > self.policy.retry_after_max
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         self._emit("retry_scheduled", attempt=state.attempt_number, sleep=round(state.upcoming_sleep, 4))

@@ -43,6 +43,9 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
         "analytics": {
             name: {
                 "breaker": p.breaker.state,
+                "breaker_mode": p.breaker.mode,
+                "failure_rate": round(p.breaker.failure_rate, 3),
+                "window_calls": p.breaker.window_calls,
                 "consecutive_failures": p.breaker.consecutive_failures,
                 "in_flight": p.bulkhead.in_flight,
                 "retry_tokens": round(p.budget.tokens, 2),

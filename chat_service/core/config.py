@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from resilience import Policy, Timeouts
+from resilience import BreakerMode, Policy, Timeouts
 from servicekit.logging import LogFormat
 from servicekit.validation import OptionalSecret, OptionalText
+
+
+def _empty_is_unset(value: object) -> object:
+    # Compose and Kubernetes pass unset variables as "": that must mean "off", not an error.
+    return None if value == "" else value
+
+
+OptionalSeconds = Annotated[float | None, BeforeValidator(_empty_is_unset), Field(gt=0)]
 
 
 class PolicySettings(BaseModel):
@@ -17,19 +25,24 @@ class PolicySettings(BaseModel):
 
     deadline: float = Field(0.5, gt=0, description="Whole call, all attempts and backoff, seconds")
     connect_timeout: float = Field(0.1, gt=0)
-    read_timeout: float = Field(0.2, gt=0)
+    read_timeout: float = Field(0.2, gt=0, description="Per attempt when a retry could follow; the last gets the rest")
     write_timeout: float = Field(0.1, gt=0)
     pool_timeout: float = Field(0.05, gt=0)
     attempts: int = Field(3, ge=1, le=10)
     backoff_initial: float = Field(0.025, gt=0)
     backoff_max: float = Field(0.25, gt=0)
     retry_after_max: float = Field(0.25, ge=0)
-    breaker_failures: int = Field(5, ge=1)
+    breaker_mode: BreakerMode = Field("rate", description="rate: failure rate over a window; consecutive: N in a row")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive mode: transient failures in a row that open it")
+    breaker_window: float = Field(10.0, gt=0, description="Rate mode: seconds of attempts the failure rate covers")
+    breaker_min_calls: int = Field(20, ge=1, description="Rate mode: attempts in the window before it may open")
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="Rate mode: share of failed attempts that opens it")
     breaker_reset: float = Field(5.0, gt=0)
     budget_ratio: float = Field(0.2, ge=0, le=1)
     budget_reserve: float = Field(10.0, ge=0)
     budget_refill_per_second: float = Field(1.0, ge=0)
     bulkhead: int = Field(100, ge=1)
+    hedge_delay: OptionalSeconds = Field(None, description="Start a second copy of a call unanswered this long; off when unset")
 
     def to_policy(self) -> Policy:
         return Policy(
@@ -39,18 +52,32 @@ class PolicySettings(BaseModel):
             backoff_initial=self.backoff_initial,
             backoff_max=self.backoff_max,
             retry_after_max=self.retry_after_max,
+            breaker_mode=self.breaker_mode,
             breaker_failures=self.breaker_failures,
+            breaker_window=self.breaker_window,
+            breaker_min_calls=self.breaker_min_calls,
+            breaker_failure_rate=self.breaker_failure_rate,
             breaker_reset=self.breaker_reset,
             budget_ratio=self.budget_ratio,
             budget_reserve=self.budget_reserve,
             budget_refill_per_second=self.budget_refill_per_second,
             bulkhead=self.bulkhead,
+            hedge_delay=self.hedge_delay,
         )
 
 
 def _record_policy() -> PolicySettings:
-    # Records leave the request path through the outbox: they can afford more patience.
-    return PolicySettings(deadline=3.0, read_timeout=2.0, connect_timeout=0.5, write_timeout=1.0, pool_timeout=0.5)
+    # Records leave the request path through the outbox: they can afford more patience. A few
+    # batch calls a second at most is too little traffic for a failure rate to mean much:
+    # consecutive counting stops a dead analytics after a handful of batches.
+    return PolicySettings(
+        deadline=3.0,
+        read_timeout=2.0,
+        connect_timeout=0.5,
+        write_timeout=1.0,
+        pool_timeout=0.5,
+        breaker_mode="consecutive",
+    )
 
 
 class Settings(BaseSettings):

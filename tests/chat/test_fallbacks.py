@@ -53,7 +53,7 @@ async def test_the_breaker_opens_and_then_calls_skip_the_network(chat_with):
             calls += 1
         return httpx.Response(503)
 
-    async with chat_with(httpx.MockTransport(failing), analytics_read={"breaker_failures": 3, "attempts": 1}) as chat:
+    async with chat_with(httpx.MockTransport(failing), analytics_read={"breaker_min_calls": 3, "attempts": 1}) as chat:
         for _ in range(10):
             assert (await chat.post("/chat/", json={"user_id": "alice", "text": "hi"})).status_code == 200
         health = (await chat.get("/health/dependencies")).json()

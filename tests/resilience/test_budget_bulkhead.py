@@ -6,19 +6,15 @@ import asyncio
 
 import httpx
 
-from resilience import Fallback, Ok, RetryBudget, send
+from resilience import Fallback, Ok, RetryBudget
 from resilience.testing import FakeClock
 
 
-async def get(h, path="/x"):
-    return await send(h.pipeline, h.client, h.client.build_request("GET", path))
-
-
 async def test_budget_caps_retries_under_a_total_outage(make_harness):
-    h = make_harness(attempts=3, budget_ratio=0.1, budget_reserve=10, breaker_failures=10**9)
+    h = make_harness(attempts=3, budget_ratio=0.1, budget_reserve=10, breaker_min_calls=10**9)
     h.handler = lambda _: httpx.Response(503)
     calls = 1000
-    outcomes = [await get(h) for _ in range(calls)]
+    outcomes = [await h.get() for _ in range(calls)]
     attempts = len(h.requests)
     assert attempts <= calls * 1.1 + 10 + 1, attempts
     assert attempts > calls, "some retries are still allowed"
@@ -54,12 +50,11 @@ async def test_a_full_bulkhead_answers_at_once(make_harness):
         return httpx.Response(200)
 
     h.handler = held
-    running = [asyncio.create_task(get(h)) for _ in range(2)]
-    await asyncio.sleep(0.01)
-    assert await get(h) == Fallback("bulkhead_full")
+    running = [await h.start() for _ in range(2)]
+    assert await h.get() == Fallback("bulkhead_full")
     assert h.pipeline.bulkhead.in_flight == 2 and h.pipeline.bulkhead.limit == 2
     gate.set()
     assert all(isinstance(o, Ok) for o in await asyncio.gather(*running))
     assert h.pipeline.bulkhead.in_flight == 0
-    assert isinstance(await get(h), Ok)
+    assert isinstance(await h.get(), Ok)
     assert "bulkhead_rejected" in h.names()
