@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from servicekit.errors import install_error_handlers
@@ -20,6 +21,7 @@ from .core.config import Settings
 from .core.metrics import AnalyticsMetrics
 from .seed import load_demo_data
 from .storage import open_store
+from .storage.guard import DatabaseUnavailable, GuardedStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,7 +32,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         configure_logging(level=settings.log_level, fmt=settings.log_format)
-        store = open_store(settings.database_url, pool_size=settings.postgres_pool_size)
+        store = GuardedStore(
+            open_store(
+                settings.database_url,
+                pool_size=settings.postgres_pool_size,
+                timeout=settings.database_timeout,
+                statement_timeout=settings.database_statement_timeout,
+            ),
+            metrics=metrics,
+            failures=settings.database_failures,
+            retry_after=settings.database_retry_after,
+        )
         await store.start()
         if settings.seed_demo_data:
             await load_demo_data(store)
@@ -55,6 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        # A database outage is not a bug: no traceback, and clients may come back later.
+        return JSONResponse(
+            {"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+        )
+
     app.include_router(health.router)
     app.include_router(analytics.router)
     return app

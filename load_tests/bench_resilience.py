@@ -39,7 +39,7 @@ async def measure(url: str, rounds: int, calls: int) -> dict[str, float]:
                 await send(pipeline, client, client.build_request("GET", "/analytics/alice"))
             wrapped.append((time.perf_counter() - started) / calls)
 
-        open_pipeline = Pipeline("open", Policy(breaker_failures=1, breaker_reset=3600), on=classify_httpx, hooks=())
+        open_pipeline = Pipeline("open", Policy(breaker_min_calls=1, breaker_reset=3600), on=classify_httpx, hooks=())
         refused = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(503)), base_url="http://x")
         await send(open_pipeline, refused, refused.build_request("GET", "/"))
         assert open_pipeline.breaker.state == "open"

@@ -10,7 +10,13 @@ from ..models import Analytics, BatchResult, RecordBatch, Recorded, RecordMessag
 from ..storage import StoreRecord
 from .deps import Authorized, MetricsDep, SettingsDep, StoreDep
 
-router = APIRouter(dependencies=[Authorized])
+UNAVAILABLE: dict[int | str, dict[str, object]] = {
+    503: {
+        "description": "The database is unavailable; retry after the Retry-After seconds",
+        "content": {"application/json": {"example": {"detail": "Database unavailable"}}},
+    }
+}
+router = APIRouter(dependencies=[Authorized], responses=UNAVAILABLE)
 UserPath = Annotated[UserId, Path()]
 
 NOT_FOUND = {404: {"description": "User not found", "content": {"application/json": {"example": {"detail": "User not found"}}}}}
