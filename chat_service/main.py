@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
         deliverer.start()
         llm = build_llm(settings)
-        limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
+        limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url, prefix=settings.rate_limit_prefix)
         agents = PersonalizedAgents(build_agent(llm.model))
         freeze_startup_objects()
         log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+from .deps import AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep
 
 router = APIRouter()
 
@@ -36,8 +36,10 @@ async def readyz(outbox: OutboxDep) -> JSONResponse:
 
 
 @router.get("/health/dependencies")
-async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
-    """Show analytics' breaker states, the outbox depth and the LLM provider."""
+async def dependencies(
+    analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep, limiter: RateLimiterDep
+) -> dict[str, object]:
+    """Show analytics' breaker states, the outbox depth, the LLM provider and the rate limiter."""
     pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
     return {
         "analytics": {
@@ -54,6 +56,12 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
         },
         "outbox": {"depth": outbox.exact_depth(), "delivered": deliverer.delivered, "dead_letters": outbox.dead_letters()},
         "llm": {"provider": llm.provider},
+        "rate_limit": None
+        if limiter is None
+        else {
+            "storage": "memory" if limiter.guard is None else "redis",
+            "breaker": None if limiter.guard is None else limiter.guard.breaker.state,
+        },
     }
 
 

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
 
     rate_limit_per_minute: int | None = Field(None, ge=1, description="Chats per user per minute; off when unset")
     redis_url: OptionalText = None
+    rate_limit_prefix: str = Field("chat-rate", min_length=1, description="Prefix of the rate-limit keys in Redis")
 
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
