@@ -8,6 +8,7 @@ Put it between a client and a real server, then change what it does at any time:
 | --- | --- |
 | `pass` | the server, as if connected directly |
 | `reset F` | a request (a chunk the client sends) meets, with probability F, a TCP reset instead of the server |
+| `cut F` | an answer (a chunk the server sends) is, with probability F, cut by a TCP reset after its first byte |
 | `latency S` | every chunk the server sends arrives S seconds late |
 | `blackhole` | connections open, but nothing goes through in either direction and nothing is answered |
 | `close` | every connection, open or new, is closed at once |
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 from .processes import ROOT, free_port
 
-MODES = ("pass", "reset", "latency", "blackhole", "close")
+MODES = ("pass", "reset", "cut", "latency", "blackhole", "close")
 
 
 @dataclass
@@ -55,6 +56,11 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def _write_unless_closed(writer: asyncio.StreamWriter, chunk: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(chunk)
 
 
 class FaultProxy:
@@ -125,6 +131,8 @@ class FaultProxy:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, other: asyncio.StreamWriter, *, upstream: bool
     ) -> None:
+        loop = asyncio.get_running_loop()
+        last_due = 0.0  # delayed chunks keep their order, and each is late by the delay, not by the sum
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while chunk := await reader.read(65536):
                 fault = self.fault
@@ -137,10 +145,23 @@ class FaultProxy:
                     _reset(other)  # the client sees a reset; the server never sees the request
                     writer.transport.abort()
                     return
+                if not upstream and fault.mode == "cut" and self._rng.random() < fault.value:
+                    # The server did the work; the client gets a broken answer, which no client
+                    # may mistake for a connection closed before answering (and quietly resend).
+                    self.resets += 1
+                    writer.write(chunk[:1])
+                    await writer.drain()
+                    _reset(writer)
+                    other.transport.abort()
+                    return
                 if not upstream and fault.mode == "latency":
-                    await asyncio.sleep(fault.value)
+                    last_due = max(last_due, loop.time() + fault.value)
+                    loop.call_at(last_due, _write_unless_closed, writer, chunk)
+                    continue
                 writer.write(chunk)
                 await writer.drain()
+        if last_due > loop.time():
+            await asyncio.sleep(last_due - loop.time())
         writer.close()
 
     async def serve_control(self, port: int) -> asyncio.Server:

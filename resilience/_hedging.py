@@ -10,8 +10,8 @@ events) is the pipeline's own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import TYPE_CHECKING, TypeVar
+import functools
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import Unknown
 from ._outcome import Fallback, Ok, Outcome, Reason
@@ -19,7 +19,6 @@ from ._outcome import Fallback, Ok, Outcome, Reason
 if TYPE_CHECKING:
     from ._breaker import Admission
     from ._classify import Failure
-    from ._clock import Clock
     from ._pipeline import Attempt, Pipeline
 
 T = TypeVar("T")
@@ -114,29 +113,26 @@ async def _first_done(pipeline: Pipeline, running: set[asyncio.Task[T]], within:
     if within is None:
         done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         return done
-    # The timer runs as a task of its own, so the cancellation that ends it never passes
-    # through this frame (CPython 3.11 stops tracing a frame an exception was thrown into,
-    # and coverage with it).
-    timer = asyncio.create_task(_elapsed(pipeline._clock, within))
+    # A timer callback, not a timeout: nothing is cancelled, so no exception is thrown through
+    # this frame (which would also stop CPython 3.11 from tracing it, and coverage with it).
+    elapsed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    timer = pipeline._clock.call_later(within, functools.partial(elapsed.set_result, None))
     try:
-        await asyncio.wait([*running, timer], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [*running, elapsed]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         timer.cancel()
-        await asyncio.wait({timer})
+        elapsed.cancel()
     return {task for task in running if task.done()}  # one may have ended as time ran out
-
-
-async def _elapsed(clock: Clock, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with clock.timeout(seconds):
-            await asyncio.get_running_loop().create_future()
 
 
 async def _cancel_all(tasks: list[asyncio.Task[T]]) -> None:
     """Cancel the copies still running, wait for them, and collect their errors."""
-    for task in tasks:
+    unfinished = [task for task in tasks if not task.done()]
+    for task in unfinished:
         task.cancel()
-    await asyncio.wait(tasks)
+    if unfinished:
+        await asyncio.wait(unfinished)
     for task in tasks:
         if not task.cancelled():
             task.exception()  # retrieved: a loser's failure is not an unhandled error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
 
@@ -19,6 +20,7 @@ class FakeClock:
         self.now = start
         self.sleeps: list[float] = []
         self._timeouts: list[_FakeTimeout] = []
+        self._timers: list[_FakeTimer] = []
 
     def monotonic(self) -> float:
         return self.now
@@ -27,6 +29,8 @@ class FakeClock:
         self.now += seconds
         for pending in [t for t in self._timeouts if t.when is not None and t.when <= self.now]:
             pending.expire()
+        for timer in [t for t in self._timers if t.when <= self.now]:
+            timer.fire()
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -36,10 +40,17 @@ class FakeClock:
     def timeout(self, seconds: float | None) -> _FakeTimeout:
         return _FakeTimeout(self, None if seconds is None else self.now + seconds)
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> _FakeTimer:
+        timer = _FakeTimer(self, self.now + seconds, callback)
+        self._timers.append(timer)
+        if timer.when <= self.now:
+            timer.fire()
+        return timer
+
     @property
     def pending_timeouts(self) -> int:
-        """Timeouts now open (a test can wait for an attempt to be under way)."""
-        return len(self._timeouts)
+        """Timeouts and timers now pending (a test can wait for an attempt to be under way)."""
+        return len(self._timeouts) + len(self._timers)
 
 
 class _FakeTimeout:
@@ -69,3 +80,27 @@ class _FakeTimeout:
         # its next turn, and raise TimeoutError when the body exits.
         self._clock._timeouts.remove(self)
         self._inner.reschedule(asyncio.get_running_loop().time())
+
+
+class _FakeTimer:
+    """`loop.call_later` on a `FakeClock`: the callback runs on the loop's next turn once due."""
+
+    def __init__(self, clock: FakeClock, when: float, callback: Callable[[], object]) -> None:
+        self._clock = clock
+        self.when = when
+        self._callback = callback
+        self._cancelled = False
+
+    def fire(self) -> None:
+        self._clock._timers.remove(self)
+        asyncio.get_running_loop().call_soon(self._run)
+
+    def cancel(self) -> None:
+        # As with a loop's timer handle: a cancelled callback never runs, even if already due.
+        self._cancelled = True
+        if self in self._clock._timers:
+            self._clock._timers.remove(self)
+
+    def _run(self) -> None:
+        if not self._cancelled:
+            self._callback()

@@ -63,11 +63,31 @@ async def test_reset_answers_a_share_of_requests_with_a_tcp_reset(proxy):
     assert 0.15 < outcomes.count(False) / len(outcomes) < 0.45
 
 
-async def test_latency_delays_the_answer(proxy):
+async def test_cut_breaks_an_answer_after_its_first_byte(proxy):
+    proxy.set(Fault("cut", 1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"ping")
+    assert await reader.read(1) == b"p"
+    with pytest.raises(ConnectionResetError):
+        await reader.read(1024)
+    writer.close()
+
+
+async def test_latency_delays_every_chunk_of_an_answer_by_the_same_time(proxy):
     proxy.set(Fault("latency", 0.2))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     started = time.monotonic()
-    assert await _round_trip(proxy) == b"ping"
-    assert time.monotonic() - started >= 0.2
+    for part in (b"a", b"b", b"c"):  # three chunks: the answer must not take three delays
+        writer.write(part)
+        await writer.drain()
+    received = b""
+    async with asyncio.timeout(2):
+        while len(received) < 3:
+            received += await reader.read(1024)
+    elapsed = time.monotonic() - started
+    writer.close()
+    assert received == b"abc"
+    assert 0.2 <= elapsed < 0.2 * 2, elapsed
 
 
 async def test_blackhole_answers_nothing(proxy):

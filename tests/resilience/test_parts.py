@@ -64,6 +64,24 @@ async def test_system_clock_moves_sleeps_and_times_out():
     with pytest.raises(TimeoutError):
         async with clock.timeout(0.001):
             await asyncio.Event().wait()
+    fired = asyncio.Event()
+    clock.call_later(0.001, fired.set)
+    await fired.wait()
+
+
+async def test_fake_clock_timers_run_once_due_and_never_once_cancelled():
+    clock = FakeClock()
+    ran: list[str] = []
+    clock.call_later(1.0, lambda: ran.append("later"))
+    clock.call_later(0, lambda: ran.append("now"))
+    clock.call_later(0.5, lambda: ran.append("cancelled")).cancel()
+    due_then_cancelled = clock.call_later(0.5, lambda: ran.append("cancelled after it was due"))
+    await until(lambda: ran == ["now"])
+    clock.advance(0.5)
+    due_then_cancelled.cancel()
+    clock.advance(0.5)
+    await until(lambda: ran == ["now", "later"])
+    assert clock.pending_timeouts == 0
 
 
 async def test_fake_clock_timeouts_fire_only_when_time_is_moved_past_them():
