@@ -5,9 +5,10 @@
 
 Analytics (SQLite) and chat run as real uvicorn processes; a `faultproxy` process between them
 cuts a share of answers with a TCP reset (`--before-request`: resets requests before analytics
-sees them, which chat's transport replays once on a fresh connection) or delays every answer. Chat is driven at a steady rate (open loop:
-a slow reply does not slow the senders), and the numbers come from chat's own metrics: reads by
-outcome (ok, or the fallback reason) and read-breaker openings. Each scenario gets fresh
+sees them, which chat's transport replays once on a fresh connection) or delays every answer.
+Chat is driven at a steady rate (open loop: a slow reply does not slow the senders), and the
+numbers come from chat's own metrics: reads by outcome (ok, or the fallback reason) and
+read-breaker openings. Each scenario gets fresh
 processes; scenarios alternate over `--rounds` so drift on a shared machine hits them alike.
 """
 
