@@ -4,8 +4,8 @@ Admission is decided on the event loop without awaiting, with an injectable cloc
 half-open probe. Two ways to decide when to open (resilience4j's and Polly v8's models):
 
 - `"rate"` (the default): the share of failed attempts over the last `window` seconds, once at
-  least `min_calls` attempts were seen. A peer that fails 30% of the time keeps the breaker
-  closed (retries absorb that); a peer that is down opens it.
+  least `min_calls` attempts were seen, or `min_calls` failures in a row. A peer that fails 30%
+  of the time keeps the breaker closed (retries absorb that); a peer that is down opens it.
 - `"consecutive"`: `failures` transient failures in a row (pybreaker's and Dapr's model). It
   reacts after a handful of calls at low traffic, but a flaky peer under load opens it again and
   again, because some run of failures in a row is bound to happen.
@@ -166,8 +166,13 @@ class CircuitBreaker:
     def _tripped(self) -> bool:
         if self.mode == "consecutive":
             return self._consecutive >= self._failures
+        # A run of `min_calls` failures in a row opens it too: a peer that dies after a busy,
+        # healthy spell fails slowly (timeouts), and the window's old successes would outweigh
+        # its failures for seconds. A 30%-flaky peer makes a run of 20 once in ~10^10 attempts.
         calls = self._window.calls
-        return calls >= self._min_calls and self._window.failures >= self._failure_rate * calls
+        return self._consecutive >= self._min_calls or (
+            calls >= self._min_calls and self._window.failures >= self._failure_rate * calls
+        )
 
     def _transition(self, state: State) -> None:
         previous, self._state = self._state, state

@@ -111,6 +111,18 @@ async def test_rate_mode_forgets_failures_older_than_the_window(make_harness):
     assert h.pipeline.breaker.state == "open"
 
 
+async def test_rate_mode_opens_on_a_run_of_failures_even_after_a_busy_healthy_spell(make_harness):
+    h = make_harness(attempts=1, breaker_min_calls=20, breaker_failure_rate=0.5)
+    for _ in range(500):
+        await h.get()  # the window is full of successes
+    h.handler = lambda _: httpx.Response(503)
+    for _ in range(19):
+        await h.get()
+    assert h.pipeline.breaker.state == "closed" and h.pipeline.breaker.failure_rate < 0.05
+    await h.get()
+    assert h.pipeline.breaker.state == "open", "20 failures in a row: the peer is down, whatever the window says"
+
+
 def test_the_sliding_window_drops_whole_slices_as_time_moves():
     window = SlidingWindow(10.0, buckets=10)
     window.record(100.0, failed=True)
