@@ -60,7 +60,7 @@ async def paced_load(url: str, *, rate: float, seconds: float, connections: int 
         try:
             while (due := started + index / rate + sent * interval) < started + seconds:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-                body = {"user_id": f"flaky-{(index + sent * connections) % users}", "text": "hi"}
+                body: dict[str, object] = {"user_id": f"flaky-{(index + sent * connections) % users}", "text": "hi"}
                 begun = time.monotonic()
                 writer.write(chat_request(host, body))
                 status, _ = await asyncio.wait_for(_read_response(reader), timeout=30)

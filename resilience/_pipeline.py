@@ -142,10 +142,10 @@ class Pipeline:
             and remaining - cap - self._backoff_ceiling(number) >= cap
             and self.budget.tokens >= 1.0
         ):
-            return await self._judged(attempt, admission, cap)
+            return await self._judged(attempt, admission, cap, capped=True)
         return await self._judged(attempt, admission, remaining)
 
-    async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float) -> T:
+    async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float, *, capped: bool = False) -> T:
         """Run one admitted attempt within `allowed` seconds and report it to the breaker."""
         try:
             async with self._clock.timeout(allowed):
@@ -154,18 +154,22 @@ class Pipeline:
             if not isinstance(error, Exception):  # cancelled: the caller gave up, no verdict
                 self.breaker.release(admission)
                 raise
-            self._judge(error, admission)
+            self._judge(error, admission, capped)
             raise
         self.breaker.record_success(admission)
         return value
 
-    def _judge(self, error: Exception, admission: Admission) -> None:
+    def _judge(self, error: Exception, admission: Admission, capped: bool) -> None:
         failure = self._classify(error)
         if failure is None:
             self.breaker.release(admission)
             raise _Unknown(error) from error
         self._emit("attempt_failed", reason=failure.reason, status=failure.status, error=type(error).__name__)
-        if failure.transient:
+        if capped and failure.reason == "timeout":
+            # We cut this attempt short to leave a retry room: that says the peer is slow, not
+            # that it is down. The attempt that gets all the time left will give the verdict.
+            self.breaker.release(admission)
+        elif failure.transient:
             self.breaker.record_failure(admission)
         else:
             self.breaker.record_success(admission)

@@ -123,6 +123,40 @@ async def test_rate_mode_opens_on_a_run_of_failures_even_after_a_busy_healthy_sp
     assert h.pipeline.breaker.state == "open", "20 failures in a row: the peer is down, whatever the window says"
 
 
+async def test_a_slow_peer_does_not_open_the_breaker_but_a_hung_one_does(make_harness):
+    # 0.26 s an answer: the first attempt is cut at the 0.2 s read timeout, the last one answers.
+    h = make_harness(breaker_min_calls=4, backoff_initial=0.02, backoff_max=0.02)
+    answer = asyncio.Event()
+
+    async def slow(_: httpx.Request) -> httpx.Response:
+        await answer.wait()
+        return httpx.Response(200)
+
+    h.handler = slow
+    for _ in range(5):
+        answer.clear()
+        sent = len(h.requests)
+        call = await h.start()
+        h.clock.advance(0.2)
+        await until(lambda n=sent: len(h.requests) == n + 2)
+        h.clock.advance(0.26)
+        answer.set()
+        assert isinstance(await call, Ok)
+    assert h.pipeline.breaker.state == "closed" and h.pipeline.breaker.failure_rate == 0.0
+    assert h.pipeline.breaker.window_calls == 5, "only the attempts that had all the time left gave a verdict"
+
+    h.handler = hang
+    reasons = []
+    for _ in range(4):
+        call = await h.start()
+        h.clock.advance(0.2)
+        await until(lambda: h.clock.pending_timeouts == 1 and len(h.requests) % 2 == 0)
+        h.clock.advance(0.3)
+        reasons.append((await call).reason)
+    assert reasons == ["deadline"] * 3 + ["breaker_open"], "the 4th last attempt to time out opened it"
+    assert h.pipeline.breaker.state == "open"
+
+
 def test_the_sliding_window_drops_whole_slices_as_time_moves():
     window = SlidingWindow(10.0, buckets=10)
     window.record(100.0, failed=True)
