@@ -94,9 +94,10 @@ class Pipeline:
         # attempt 1, so waits, stops and events are exactly those of a tenacity-only loop.
         number = 1
         stop_reason: list[Reason] = []
+        prepaid = [False]  # the retry token a cut attempt paid for up front (see _one_attempt)
         try:
             try:
-                return Ok(await self._one_attempt(attempt, deadline, 1, attempts), attempts=1)
+                return Ok(await self._one_attempt(attempt, deadline, 1, attempts, prepaid), attempts=1)
             except Exception as error:
                 if attempts == 1 or not self._is_transient(error):
                     raise
@@ -104,7 +105,7 @@ class Pipeline:
             retrying = tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception(self._is_transient),
                 wait=self._wait,
-                stop=lambda state: self._stop(state, deadline, attempts, stop_reason),
+                stop=lambda state: self._stop(state, deadline, attempts, stop_reason, prepaid),
                 sleep=self._clock.sleep,
                 before_sleep=self._before_sleep,
                 reraise=True,
@@ -114,7 +115,7 @@ class Pipeline:
                 with attempt_manager:
                     if number == 1:
                         raise first_failure
-                    value = await self._one_attempt(attempt, deadline, number, attempts)
+                    value = await self._one_attempt(attempt, deadline, number, attempts, prepaid)
             return Ok(value, attempts=number)
         except _Unknown as unknown:
             raise unknown.error from None
@@ -128,7 +129,7 @@ class Pipeline:
         assert failure is not None
         return self._fallback(Fallback(stop_reason or failure.reason, attempts=attempts, error=error, status=failure.status))
 
-    async def _one_attempt(self, attempt: Attempt[T], deadline: float, number: int, attempts: int) -> T:
+    async def _one_attempt(self, attempt: Attempt[T], deadline: float, number: int, attempts: int, prepaid: list[bool]) -> T:
         admission = self.breaker.admit()
         if admission == "reject":
             raise _Rejected
@@ -136,14 +137,28 @@ class Pipeline:
         cap = self.policy.timeouts.read
         # Cut this attempt at `cap` only if a retry could still get a full `cap` after it; the
         # last attempt gets all the time left: a peer that answers in 0.3 s is slow, not down.
-        if (
+        # The retry's token is taken now, so concurrent calls cannot spend it while we wait:
+        # an attempt is cut only for a retry that will happen.
+        if not (
             admission == "pass"
             and number < attempts
             and remaining - cap - self._backoff_ceiling(number) >= cap
-            and self.budget.tokens >= 1.0
+            and self.budget.try_withdraw()
         ):
-            return await self._judged(attempt, admission, cap, capped=True)
-        return await self._judged(attempt, admission, remaining)
+            return await self._judged(attempt, admission, remaining)
+        prepaid[0] = True
+        try:
+            value = await self._judged(attempt, admission, cap, capped=True)
+        except BaseException as error:
+            if not self._is_transient(error):  # no retry follows: an answer, a bug, or cancelled
+                self._refund(prepaid)
+            raise
+        self._refund(prepaid)
+        return value
+
+    def _refund(self, prepaid: list[bool]) -> None:
+        prepaid[0] = False
+        self.budget.refund()
 
     async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float, *, capped: bool = False) -> T:
         """Run one admitted attempt within `allowed` seconds and report it to the breaker."""
@@ -194,18 +209,27 @@ class Pipeline:
     def _wait(self, state: tenacity.RetryCallState) -> float:
         return self._backoff(state.attempt_number, self._failure_of(state))
 
-    def _stop(self, state: tenacity.RetryCallState, deadline: float, attempts: int, why: list[Reason]) -> bool:
+    def _stop(
+        self, state: tenacity.RetryCallState, deadline: float, attempts: int, why: list[Reason], prepaid: list[bool]
+    ) -> bool:
         if state.attempt_number >= attempts:
             return True
-        stop, reason = self._refuse_retry(self._failure_of(state), deadline, state.upcoming_sleep)
+        paid = prepaid[0]
+        stop, reason = self._refuse_retry(self._failure_of(state), deadline, state.upcoming_sleep, paid=paid)
+        if stop and paid:
+            self._refund(prepaid)
+        prepaid[0] = False
         if reason is not None:
             why.append(reason)
         return stop
 
-    def _refuse_retry(self, failure: Failure | None, deadline: float, sleep: float) -> tuple[bool, Reason | None]:
+    def _refuse_retry(
+        self, failure: Failure | None, deadline: float, sleep: float, *, paid: bool = False
+    ) -> tuple[bool, Reason | None]:
         """Whether to stop instead of starting another attempt after `sleep` seconds, and why.
 
-        The retry budget is spent only when everything else lets the retry go ahead.
+        The retry budget is spent only when everything else lets the retry go ahead (and not
+        at all when the attempt before it already `paid`).
         """
         if self.breaker.state == "open":
             return True, "breaker_open"  # an open breaker ends the retries at once, without a backoff sleep
@@ -213,7 +237,7 @@ class Pipeline:
             return True, None  # the peer asked for more patience than this call has
         if self._clock.monotonic() + sleep >= deadline:
             return True, "deadline"
-        if not self.budget.try_withdraw():
+        if not paid and not self.budget.try_withdraw():
             self._emit("budget_exhausted", tokens=self.budget.tokens)
             return True, "budget_exhausted"
         return False, None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from resilience import Fallback, Ok, RetryBudget
 from resilience.testing import FakeClock
+from tests.fakes.handlers import hang
+from tests.resilience.conftest import until
 
 
 async def test_budget_caps_retries_under_a_total_outage(make_harness):
@@ -58,3 +61,56 @@ async def test_a_full_bulkhead_answers_at_once(make_harness):
     assert h.pipeline.bulkhead.in_flight == 0
     assert isinstance(await h.get(), Ok)
     assert "bulkhead_rejected" in h.names()
+
+
+SCARCE = {"budget_reserve": 1, "budget_ratio": 0, "budget_refill_per_second": 0}
+
+
+async def test_the_retry_a_cut_attempt_makes_room_for_is_paid_when_it_starts(make_harness):
+    # One token for two concurrent calls to a slow peer: the first call's first attempt takes it
+    # (and is cut at 0.2 s, its retry guaranteed); the second finds none, so its only attempt
+    # may use the whole deadline instead of being cut for a retry the budget would refuse.
+    h = make_harness(backoff_initial=0.02, backoff_max=0.02, **SCARCE)
+    answer = asyncio.Event()
+
+    async def slow(_: httpx.Request) -> httpx.Response:
+        await answer.wait()
+        return httpx.Response(200)
+
+    h.handler = slow
+    first = await h.start("/first")
+    second = await h.start("/second")
+    assert [r.extensions["timeout"]["read"] for r in h.requests] == [0.2, 0.5]
+    h.clock.advance(0.2)
+    await until(lambda: len(h.requests) == 3)
+    answer.set()
+    assert [o.attempts for o in await asyncio.gather(first, second)] == [2, 1]
+    assert "budget_exhausted" not in h.names()
+    assert h.pipeline.budget.tokens == 0
+
+
+@pytest.mark.parametrize(("status", "spent"), [(200, 0), (404, 0), (503, 1)])
+async def test_a_token_paid_for_a_retry_that_does_not_happen_is_given_back(make_harness, status, spent):
+    h = make_harness(**SCARCE)
+    replies = iter([status, 200])
+    h.handler = lambda _: httpx.Response(next(replies))
+    await h.get()
+    assert h.pipeline.budget.tokens == 1 - spent
+
+
+async def test_a_token_paid_before_the_breaker_opened_is_given_back(make_harness):
+    h = make_harness(breaker_min_calls=1, **SCARCE)
+    h.handler = lambda _: httpx.Response(503)
+    assert (await h.get()).reason == "breaker_open"
+    assert h.pipeline.budget.tokens == 1
+
+
+async def test_a_token_paid_by_a_cancelled_attempt_is_given_back(make_harness):
+    h = make_harness(**SCARCE)
+    h.handler = hang
+    call = await h.start()
+    assert h.pipeline.budget.tokens == 0
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert h.pipeline.budget.tokens == 1
