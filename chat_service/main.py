@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics)
             for endpoint in llm.endpoints:
                 metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
-            limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
+            limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url, prefix=settings.rate_limit_prefix)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
             authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)

@@ -1,11 +1,12 @@
 """What the analytics call costs: `uv run python -m load_tests.bench_resilience`.
 
 Against a real local analytics process, it times the same pooled GET sent directly with
-`client.send` and through `resilience.send(pipeline, ...)`, alternating rounds so drift hits
-both equally; then it times calls refused by an open breaker (no network at all). Last, it
-measures the client's CPU per pooled GET at 1, 32 and 100 concurrent calls, and the wall time
-of one call at a time, for our transport, httpx's default one and any `--transport` given,
-again in alternating rounds (`--transports-only` runs just that part).
+`client.send`, through `resilience.send(pipeline, ...)`, and through a hedging pipeline (whose
+hedge never fires against a fast peer: what hedging costs a healthy call), alternating rounds so
+drift hits all equally; then it times calls refused by an open breaker (no network at all). Last,
+it measures the client's CPU per pooled GET at 1, 32 and 100 concurrent calls, and the wall time
+of one call at a time, for our transport, httpx's default one and any `--transport` given, again
+in alternating rounds (`--transports-only` runs just that part).
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
 async def measure(url: str, rounds: int, calls: int, transport: TransportFactory = AiohttpTransport) -> dict[str, float]:
     pipeline = Pipeline("bench", Policy(), on=classify_httpx, hooks=())
+    hedging = Pipeline("bench-hedged", Policy(hedge_delay=0.2), on=classify_httpx, hooks=())
     direct: list[float] = []
     wrapped: list[float] = []
+    hedged: list[float] = []
     async with httpx.AsyncClient(base_url=url, transport=transport()) as client:
         for _ in range(200):  # warm the pool and the code paths
             await client.send(client.build_request("GET", "/analytics/alice"))
             await send(pipeline, client, client.build_request("GET", "/analytics/alice"))
+            await send(hedging, client, client.build_request("GET", "/analytics/alice"))
         for _ in range(rounds):
             started = time.perf_counter()
             for _ in range(calls):
@@ -48,8 +52,12 @@ async def measure(url: str, rounds: int, calls: int, transport: TransportFactory
             for _ in range(calls):
                 await send(pipeline, client, client.build_request("GET", "/analytics/alice"))
             wrapped.append((time.perf_counter() - started) / calls)
+            started = time.perf_counter()
+            for _ in range(calls):
+                await send(hedging, client, client.build_request("GET", "/analytics/alice"))
+            hedged.append((time.perf_counter() - started) / calls)
 
-        open_pipeline = Pipeline("open", Policy(breaker_failures=1, breaker_reset=3600), on=classify_httpx, hooks=())
+        open_pipeline = Pipeline("open", Policy(breaker_min_calls=1, breaker_reset=3600), on=classify_httpx, hooks=())
         refused = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(503)), base_url="http://x")
         await send(open_pipeline, refused, refused.build_request("GET", "/"))
         assert open_pipeline.breaker.state == "open"
@@ -71,11 +79,13 @@ async def measure(url: str, rounds: int, calls: int, transport: TransportFactory
     # Each round pairs the two ways back to back: the median of the paired differences is
     # robust to the machine's drift in a way that a difference of medians is not.
     overhead = statistics.median(w - d for d, w in zip(direct, wrapped, strict=True)) * 1e6
+    hedging_overhead = statistics.median(h - d for d, h in zip(direct, hedged, strict=True)) * 1e6
     return {
         "direct_us": round(plain, 1),
         "through_pipeline_us": round(through, 1),
         "overhead_us": round(overhead, 1),
         "overhead_pct": round(overhead / plain * 100, 1),
+        "hedged_overhead_us": round(hedging_overhead, 1),
         "open_breaker_us": round(open_us, 1),
         "open_breaker_pipeline_us": round(open_pipeline_us, 1),
     }
@@ -198,6 +208,7 @@ def print_pipeline_cost(result: Mapping[str, float], rounds: int) -> None:
         f"pooled GET, direct:           {result['direct_us']} us/call (median of {rounds} rounds)\n"
         f"pooled GET, through pipeline: {result['through_pipeline_us']} us/call\n"
         f"overhead (median of paired rounds): {result['overhead_us']} us/call ({result['overhead_pct']}%)\n"
+        f"overhead with hedging on (hedge_delay=0.2, never reached): {result['hedged_overhead_us']} us/call\n"
         f"open breaker, per call:       {result['open_breaker_us']} us with an httpx request built and sent "
         f"({result['open_breaker_pipeline_us']} us in the pipeline alone); nothing reaches the network"
     )

@@ -14,7 +14,12 @@ from ..storage import StoreRecord
 from .deps import Authorized, MetricsDep, SettingsDep, StoreDep
 
 # 401 only when ANALYTICS_API_TOKEN is set; the schema then declares the bearer scheme too (main.py).
-router = APIRouter(tags=["analytics"], dependencies=[Authorized])
+# 503 (with Retry-After) on every route while the database is unavailable.
+router = APIRouter(
+    tags=["analytics"],
+    dependencies=[Authorized],
+    responses=responses(503, descriptions={503: "The database is unavailable; retry after the Retry-After seconds"}),
+)
 UserPath = Annotated[UserId, Path()]
 UNAUTHORIZED = {401: "ANALYTICS_API_TOKEN is set and the bearer token is missing or wrong"}
 

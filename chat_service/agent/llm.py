@@ -75,7 +75,9 @@ def build_llm(settings: Settings, resources: AsyncExitStack, *, hooks: Sequence[
         return LLM(OfflineModel(), RunConfig(tracing_disabled=True, workflow_name="chat"), "offline")
     chain: list[tuple[str | None, str, SecretStr | None]] = [(settings.openai_base_url, settings.model, settings.openai_api_key)]
     chain += [(entry.base_url, entry.model, entry.api_key) for entry in settings.llm_fallbacks if not isinstance(entry, str)]
-    policy = settings.llm_policy.to_policy(deadline=settings.run_deadline, concurrency=settings.llm_max_concurrency)
+    policy = settings.llm_policy.to_policy(
+        deadline=settings.run_deadline, concurrency=settings.llm_max_concurrency, attempt_timeout=settings.llm_timeout
+    )
     endpoints = []
     for index, (base_url, model, api_key) in enumerate(chain):
         name = "primary" if index == 0 else f"fallback-{index}"

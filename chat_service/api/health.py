@@ -12,7 +12,7 @@ from servicekit.metrics import exposition
 from servicekit.openapi import responses
 
 from ..models import DependencyReport, Health, Readiness, Welcome
-from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsDep, OutboxDep
+from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep
 
 router = APIRouter(tags=["health"])
 
@@ -49,13 +49,18 @@ async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResp
 
 
 @router.get("/health/dependencies", response_model=DependencyReport, summary="Dependency states")
-async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep) -> dict[str, object]:
-    """Show analytics' breaker states, the outbox's state and depth, and the model endpoints with their breakers."""
+async def dependencies(
+    analytics: AnalyticsDep, outbox: OutboxDep, deliverer: DelivererDep, llm: LLMDep, limiter: RateLimiterDep
+) -> dict[str, object]:
+    """Show analytics' breakers, the outbox's state and depth, the model endpoints' breakers and the rate limiter."""
     pipelines = {"read": analytics.read_pipeline, "record": analytics.record_pipeline}
     return {
         "analytics": {
             name: {
                 "breaker": p.breaker.state,
+                "breaker_mode": p.breaker.mode,
+                "failure_rate": round(p.breaker.failure_rate, 3),
+                "window_calls": p.breaker.window_calls,
                 "consecutive_failures": p.breaker.consecutive_failures,
                 "in_flight": p.bulkhead.in_flight,
                 "retry_tokens": round(p.budget.tokens, 2),
@@ -78,6 +83,12 @@ async def dependencies(analytics: AnalyticsDep, outbox: OutboxDep, deliverer: De
                 for endpoint in llm.endpoints
             ],
             "offline_fallback": llm.offline_fallback,
+        },
+        "rate_limit": None
+        if limiter is None
+        else {
+            "storage": "memory" if limiter.guard is None else "redis",
+            "breaker": None if limiter.guard is None else limiter.guard.breaker.state,
         },
     }
 

@@ -8,6 +8,7 @@ import httpx
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -19,7 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from resilience import Policy, Timeouts
+from resilience import BreakerMode, Policy, Timeouts
 from servicekit.logging import LogFormat
 from servicekit.validation import OptionalSecret, OptionalText
 
@@ -28,24 +29,37 @@ from ..auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, HMAC_MIN_BYTES
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def _empty_is_unset(value: object) -> object:
+    # Compose and Kubernetes pass unset variables as "": that must mean "off", not an error.
+    return None if value == "" else value
+
+
+OptionalSeconds = Annotated[float | None, BeforeValidator(_empty_is_unset), Field(gt=0)]
+
+
 class PolicySettings(BaseModel):
     """One resilience policy; set fields as CHAT_ANALYTICS_READ__DEADLINE=0.5 and so on."""
 
     deadline: float = Field(0.5, gt=0, description="Whole call, all attempts and backoff, seconds")
     connect_timeout: float = Field(0.1, gt=0)
-    read_timeout: float = Field(0.2, gt=0)
+    read_timeout: float = Field(0.2, gt=0, description="Per attempt when a retry could follow; the last gets the rest")
     write_timeout: float = Field(0.1, gt=0)
     pool_timeout: float = Field(0.05, gt=0)
     attempts: int = Field(3, ge=1, le=10)
     backoff_initial: float = Field(0.025, gt=0)
     backoff_max: float = Field(0.25, gt=0)
     retry_after_max: float = Field(0.25, ge=0)
-    breaker_failures: int = Field(5, ge=1)
+    breaker_mode: BreakerMode = Field("rate", description="rate: failure rate over a window; consecutive: N in a row")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive mode: transient failures in a row that open it")
+    breaker_window: float = Field(10.0, gt=0, description="Rate mode: seconds of attempts the failure rate covers")
+    breaker_min_calls: int = Field(20, ge=1, description="Rate mode: attempts in the window before it may open")
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="Rate mode: share of failed attempts that opens it")
     breaker_reset: float = Field(5.0, gt=0)
     budget_ratio: float = Field(0.2, ge=0, le=1)
     budget_reserve: float = Field(10.0, ge=0)
     budget_refill_per_second: float = Field(1.0, ge=0)
     bulkhead: int = Field(100, ge=1)
+    hedge_delay: OptionalSeconds = Field(None, description="Start a second copy of a call unanswered this long; off when unset")
 
     def to_policy(self) -> Policy:
         return Policy(
@@ -55,12 +69,17 @@ class PolicySettings(BaseModel):
             backoff_initial=self.backoff_initial,
             backoff_max=self.backoff_max,
             retry_after_max=self.retry_after_max,
+            breaker_mode=self.breaker_mode,
             breaker_failures=self.breaker_failures,
+            breaker_window=self.breaker_window,
+            breaker_min_calls=self.breaker_min_calls,
+            breaker_failure_rate=self.breaker_failure_rate,
             breaker_reset=self.breaker_reset,
             budget_ratio=self.budget_ratio,
             budget_reserve=self.budget_reserve,
             budget_refill_per_second=self.budget_refill_per_second,
             bulkhead=self.bulkhead,
+            hedge_delay=self.hedge_delay,
         )
 
 
@@ -77,7 +96,13 @@ class ModelPolicySettings(BaseModel):
     backoff_initial: float = Field(0.25, gt=0)
     backoff_max: float = Field(2.0, gt=0)
     retry_after_max: float = Field(1.0, ge=0, description="Longest provider Retry-After waited out on the same endpoint")
-    breaker_failures: int = Field(5, ge=1)
+    # Consecutive counting by default: a model endpoint sees far fewer calls than analytics, and
+    # a rate over a window would need `breaker_min_calls` slow failures before it could open.
+    breaker_mode: BreakerMode = Field("consecutive", description="consecutive: N in a row; rate: failure rate over a window")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive mode: transient failures in a row that open it")
+    breaker_window: float = Field(30.0, gt=0, description="Rate mode: seconds of attempts the failure rate covers")
+    breaker_min_calls: int = Field(10, ge=1, description="Rate mode: attempts in the window before it may open")
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="Rate mode: share of failed attempts that opens it")
     breaker_reset: float = Field(5.0, gt=0)
     budget_ratio: float = Field(0.2, ge=0, le=1)
     budget_reserve: float = Field(5.0, ge=0)
@@ -85,17 +110,27 @@ class ModelPolicySettings(BaseModel):
 
     @model_validator(mode="after")
     def _policy_can_work(self) -> Self:
-        self.to_policy(deadline=1.0, concurrency=1)  # ConfigurationError is a ValueError: a clear start-up error
+        # ConfigurationError is a ValueError: a clear start-up error
+        self.to_policy(deadline=1.0, concurrency=1, attempt_timeout=1.0)
         return self
 
-    def to_policy(self, *, deadline: float, concurrency: int) -> Policy:
+    def to_policy(self, *, deadline: float, concurrency: int, attempt_timeout: float) -> Policy:
+        # The pipeline gives an attempt `read` seconds while a retry may follow it, and the last
+        # attempt all the time left: the per-attempt timeout is CHAT_LLM_TIMEOUT.
         return Policy(
             deadline=deadline,
+            timeouts=Timeouts(
+                connect=min(5.0, attempt_timeout), read=attempt_timeout, write=attempt_timeout, pool=attempt_timeout
+            ),
             attempts=self.attempts,
             backoff_initial=self.backoff_initial,
             backoff_max=self.backoff_max,
             retry_after_max=self.retry_after_max,
+            breaker_mode=self.breaker_mode,
             breaker_failures=self.breaker_failures,
+            breaker_window=self.breaker_window,
+            breaker_min_calls=self.breaker_min_calls,
+            breaker_failure_rate=self.breaker_failure_rate,
             breaker_reset=self.breaker_reset,
             budget_ratio=self.budget_ratio,
             budget_reserve=self.budget_reserve,
@@ -125,10 +160,18 @@ FallbackEntry = Annotated[
 
 
 def _record_policy() -> PolicySettings:
-    # Records leave the request path through the outbox: they can afford more patience. The
-    # breaker probes every second: a full outbox waits for analytics to come back to accept chats.
+    # Records leave the request path through the outbox: they can afford more patience. A few
+    # batch calls a second at most is too little traffic for a failure rate to mean much:
+    # consecutive counting stops a dead analytics after a handful of batches. The breaker probes
+    # every second: a full outbox waits for analytics to come back to accept chats.
     return PolicySettings(
-        deadline=3.0, read_timeout=2.0, connect_timeout=0.5, write_timeout=1.0, pool_timeout=0.5, breaker_reset=1.0
+        deadline=3.0,
+        read_timeout=2.0,
+        connect_timeout=0.5,
+        write_timeout=1.0,
+        pool_timeout=0.5,
+        breaker_mode="consecutive",
+        breaker_reset=1.0,
     )
 
 
@@ -170,6 +213,7 @@ class Settings(BaseSettings):
 
     rate_limit_per_minute: int | None = Field(None, ge=1, description="Chats per user per minute; off when unset")
     redis_url: OptionalText = None
+    rate_limit_prefix: str = Field("chat-rate", min_length=1, description="Prefix of the rate-limit keys in Redis")
 
     # End-user authentication: off unless a secret or a JWKS URL is set (docs/auth.md).
     auth_jwt_secret: OptionalSecret = Field(None, description="HS256 shared secret, at least 32 bytes")
