@@ -55,9 +55,7 @@ def classify_redis(error: BaseException) -> Failure | None:
 class RateLimiter:
     """`hit(key)` counts one chat for `key` and says whether it may go ahead, and if not, when."""
 
-    def __init__(
-        self, per_window: int, storage: Storage, *, window: int = WINDOW_SECONDS, guard: Pipeline | None = None
-    ) -> None:
+    def __init__(self, per_window: int, storage: Storage, *, window: int = WINDOW_SECONDS, guard: Pipeline | None = None) -> None:
         self.item: RateLimitItem = RateLimitItemPerSecond(per_window, window)
         self.storage = storage
         self.guard = guard
@@ -76,7 +74,10 @@ class RateLimiter:
     ) -> RateLimiter:
         pool = redis.ConnectionPool.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
         storage = RedisStorage(
-            "async+" + url, implementation="redispy", key_prefix=prefix, connection_pool=pool  # type: ignore[arg-type]
+            "async+" + url,
+            implementation="redispy",
+            key_prefix=prefix,
+            connection_pool=pool,  # type: ignore[arg-type]
         )
         log = get_logger("rate_limit")
 

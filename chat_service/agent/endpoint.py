@@ -18,8 +18,11 @@ from agents.agent_output import AgentOutputSchemaBase
 from agents.handoffs import Handoff
 from agents.items import TResponseInputItem, TResponseStreamEvent
 from openai.types.responses.response_prompt_param import ResponsePromptParam
+from opentelemetry.trace import Span, Tracer, use_span
 
 from resilience import Bulkhead, Fallback, InvalidResponseError, Ok, Outcome, Pipeline
+
+from .tracing import end_model_call, model_call_span
 
 
 class CallObserver(Protocol):
@@ -101,6 +104,8 @@ class OpenedStream:
         self.first = first
         self.rest = rest
         self._open = True
+        self.span: Span | None = None  # the model call's span (tracing on): it ends with the stream
+        self._tokens: tuple[int, int] | None = None
 
     async def events(self) -> AsyncIterator[TResponseStreamEvent]:
         self._count_tokens(self.first)
@@ -113,12 +118,15 @@ class OpenedStream:
         if event.type == "response.completed" and event.response.usage is not None:
             usage = event.response.usage
             self.endpoint.observer.model_tokens(self.endpoint.name, usage.input_tokens, usage.output_tokens)
+            self._tokens = (usage.input_tokens, usage.output_tokens)
 
     async def close(self) -> None:
         if self._open:
             self._open = False
             self.endpoint.limit.leave()
             await _aclose(self.rest)
+            if self.span is not None:
+                end_model_call(self.span, "ok", *(self._tokens or (None, None)))
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:
@@ -128,20 +136,48 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
 
 
 class ModelEndpoint:
-    """An OpenAI-compatible endpoint behind its own concurrency limit and pipeline."""
+    """An OpenAI-compatible endpoint behind its own concurrency limit and pipeline.
+
+    With a `tracer`, each call is a `chat <model_name>` span (see `.tracing`) above the pipeline's.
+    """
 
     def __init__(
-        self, name: str, model: Model, pipeline: Pipeline, *, max_concurrency: int, attempt_timeout: float, observer: CallObserver
+        self,
+        name: str,
+        model: Model,
+        pipeline: Pipeline,
+        *,
+        max_concurrency: int,
+        attempt_timeout: float,
+        observer: CallObserver,
+        model_name: str = "",
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
         self.model = model
+        self.model_name = model_name
         self.pipeline = pipeline
         self.limit = Bulkhead(max_concurrency)
         self.attempt_timeout = attempt_timeout
         self.observer = observer
+        self.tracer = tracer
 
     async def respond(self, request: ModelRequest, seconds: float | None) -> Outcome[ModelResponse]:
         """One model call, retried within the policy; `seconds` is the time the run has left."""
+        if self.tracer is None:
+            return await self._respond(request, seconds)
+        span = model_call_span(self.tracer, self.model_name, self.name)
+        try:
+            with use_span(span, record_exception=False, set_status_on_exception=False):
+                outcome = await self._respond(request, seconds)
+        except BaseException as error:
+            end_model_call(span, type(error).__name__)
+            raise
+        usage = outcome.value.usage if isinstance(outcome, Ok) else None
+        end_model_call(span, outcome_label(outcome), *((usage.input_tokens, usage.output_tokens) if usage else (None, None)))
+        return outcome
+
+    async def _respond(self, request: ModelRequest, seconds: float | None) -> Outcome[ModelResponse]:
         if not self.limit.try_enter():
             self.observer.model_call(self.name, "bulkhead_full", 0.0)
             return Fallback("bulkhead_full")
@@ -166,8 +202,26 @@ class ModelEndpoint:
     async def open_stream(self, request: ModelRequest, seconds: float | None) -> Outcome[OpenedStream]:
         """Open a stream and receive its first event, retried within the policy like a call.
 
-        On success the stream holds a concurrency slot until `OpenedStream.close()`.
+        On success the stream holds a concurrency slot until `OpenedStream.close()`, and its
+        span (tracing on) lasts until then too.
         """
+        if self.tracer is None:
+            return await self._open_stream(request, seconds)
+        span = model_call_span(self.tracer, self.model_name, self.name)
+        span.set_attribute("gen_ai.request.stream", True)
+        try:
+            with use_span(span, record_exception=False, set_status_on_exception=False):
+                outcome = await self._open_stream(request, seconds)
+        except BaseException as error:
+            end_model_call(span, type(error).__name__)
+            raise
+        if isinstance(outcome, Ok):
+            outcome.value.span = span
+        else:
+            end_model_call(span, outcome_label(outcome))
+        return outcome
+
+    async def _open_stream(self, request: ModelRequest, seconds: float | None) -> Outcome[OpenedStream]:
         if not self.limit.try_enter():
             self.observer.model_call(self.name, "bulkhead_full", 0.0)
             return Fallback("bulkhead_full")

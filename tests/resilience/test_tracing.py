@@ -30,7 +30,9 @@ class Traced:
             "peer", Policy(**policy), on=classify_httpx, clock=self.clock, hooks=(), tracer=provider.get_tracer("test")
         )  # type: ignore[arg-type]
         replies = iter(statuses)
-        self.client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(next(replies))), base_url="http://p")
+        self.client = httpx.AsyncClient(
+            transport=httpx.MockTransport(lambda _: httpx.Response(next(replies))), base_url="http://p"
+        )
 
     async def get(self) -> Ok[httpx.Response] | Fallback:
         return await send(self.pipeline, self.client, self.client.build_request("GET", "/x"))
