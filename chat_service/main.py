@@ -91,7 +91,7 @@ def create_app(
             resources.push_async_callback(deliverer.stop)
             llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics, tracer=tracer)
             for endpoint in llm.endpoints:
-                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
+                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target)
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url, prefix=settings.rate_limit_prefix)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)

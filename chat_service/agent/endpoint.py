@@ -32,6 +32,8 @@ class CallObserver(Protocol):
 
     def model_tokens(self, endpoint: str, input_tokens: int, output_tokens: int) -> None: ...
 
+    def model_in_flight(self, endpoint: str, calls: int) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
@@ -123,7 +125,7 @@ class OpenedStream:
     async def close(self) -> None:
         if self._open:
             self._open = False
-            self.endpoint.limit.leave()
+            self.endpoint.leave()
             await _aclose(self.rest)
             if self.span is not None:
                 end_model_call(self.span, "ok", *(self._tokens or (None, None)))
@@ -162,6 +164,17 @@ class ModelEndpoint:
         self.observer = observer
         self.tracer = tracer
 
+    def enter(self) -> bool:
+        """Take a concurrency slot, if one is free; the observer sees the calls in flight."""
+        if not self.limit.try_enter():
+            return False
+        self.observer.model_in_flight(self.name, self.limit.in_flight)
+        return True
+
+    def leave(self) -> None:
+        self.limit.leave()
+        self.observer.model_in_flight(self.name, self.limit.in_flight)
+
     async def respond(self, request: ModelRequest, seconds: float | None) -> Outcome[ModelResponse]:
         """One model call, retried within the policy; `seconds` is the time the run has left."""
         if self.tracer is None:
@@ -178,14 +191,14 @@ class ModelEndpoint:
         return outcome
 
     async def _respond(self, request: ModelRequest, seconds: float | None) -> Outcome[ModelResponse]:
-        if not self.limit.try_enter():
+        if not self.enter():
             self.observer.model_call(self.name, "bulkhead_full", 0.0)
             return Fallback("bulkhead_full")
         started = time.perf_counter()
         try:
             outcome = await self.pipeline.call(lambda remaining: self._respond_once(request, remaining), deadline=seconds)
         finally:
-            self.limit.leave()
+            self.leave()
         self.observer.model_call(self.name, outcome_label(outcome), time.perf_counter() - started)
         if isinstance(outcome, Ok):
             usage = outcome.value.usage
@@ -222,17 +235,17 @@ class ModelEndpoint:
         return outcome
 
     async def _open_stream(self, request: ModelRequest, seconds: float | None) -> Outcome[OpenedStream]:
-        if not self.limit.try_enter():
+        if not self.enter():
             self.observer.model_call(self.name, "bulkhead_full", 0.0)
             return Fallback("bulkhead_full")
         started = time.perf_counter()
         try:
             outcome = await self.pipeline.call(lambda remaining: self._open_once(request, remaining), deadline=seconds)
         except BaseException:
-            self.limit.leave()
+            self.leave()
             raise
         if isinstance(outcome, Fallback):
-            self.limit.leave()
+            self.leave()
         self.observer.model_call(self.name, outcome_label(outcome), time.perf_counter() - started)
         return outcome
 
