@@ -37,6 +37,12 @@ class ChatMetrics(HttpMetrics):
         )
         # Workers on a host share one outbox file: the scraped worker's fresh reading is the answer.
         self.outbox_depth = gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry, mode="livemostrecent")
+        self.outbox_stalled = gauge(
+            "chat_outbox_stalled_seconds",
+            "While records wait: seconds since a batch was last delivered (0 when the outbox is empty); the worst live worker",
+            registry=registry,
+            mode="livemax",
+        )
         self.outbox_accepting = gauge(
             "chat_outbox_accepting",
             "1 when the outbox takes records, 0 when chats get 503 (see /readyz); the lowest of the live workers",
