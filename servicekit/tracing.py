@@ -15,20 +15,21 @@ skip their tracing code with one `is None` test.
 
 `Tracing` is made in `create_app` (the provider has no thread until `start`), so the server
 middleware is part of the app from its first request; the exporter starts in the lifespan.
+The SDK and the instrumentations are imported only then: ~0.4 s of start-up a service with
+tracing off does not pay.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-from opentelemetry import trace
-from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["ENDPOINT_VARIABLES", "Tracing", "tracing_requested"]
 
@@ -77,6 +78,9 @@ class Tracing:
         processor: SpanProcessor | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
         name = environ.get("OTEL_SERVICE_NAME", "").strip() or service_name
         # No atexit hook: the lifespan shuts the provider down (and flushes it) itself.
         self.provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}), shutdown_on_exit=False)
@@ -96,6 +100,8 @@ class Tracing:
 
     def instrument_app(self, app: FastAPI) -> None:
         """Server spans for every request but probes and scrapes; call it in `create_app`."""
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
         excluded = self._environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") or UNTRACED_PATHS
         FastAPIInstrumentor.instrument_app(
             app,
@@ -106,6 +112,9 @@ class Tracing:
 
     def start(self) -> None:
         """Start exporting, and trace the aiohttp sessions made from now on; call it in the lifespan."""
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         if self._started:
             return
         processor = self._processor
@@ -120,6 +129,8 @@ class Tracing:
 
     def stop(self) -> None:
         """Stop tracing new aiohttp sessions and flush what is left; call it as the lifespan ends."""
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+
         if not self._started:
             return
         AioHttpClientInstrumentor().uninstrument()
