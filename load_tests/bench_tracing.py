@@ -90,7 +90,7 @@ async def pipeline_costs(rounds: int, calls: int, baseline: Path | None) -> dict
     def pipeline(module: ModuleType, **options: Any) -> Any:
         return module.Pipeline("bench", module.Policy(), on=module.classify_httpx, hooks=(), **options)
 
-    variants: dict[str, Callable[[], Awaitable[Any]]] = {}
+    variants: dict[str, Callable[[Callable[[float], Awaitable[int]]], Awaitable[Any]]] = {}
     if baseline is not None:
         variants["baseline checkout, no tracer"] = pipeline(load_baseline(baseline)).call
     variants["this checkout, no tracer (off)"] = pipeline(resilience).call
