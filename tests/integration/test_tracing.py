@@ -84,6 +84,6 @@ def test_a_chat_is_one_trace_across_chat_and_analytics_with_attempts_and_breaker
         assert all(span.status == 2 and span.parent_id == read.span_id for span in attempts)  # 2: ERROR
         assert attempts[0].event_names() == ["attempt_failed"]
         assert attempts[1].event_names() == ["attempt_failed", "breaker_opened"]
-        assert dict(attempts[0].events[0][1])["reason"] == "connect"
+        assert attempts[0].events[0][1]["reason"] in ("connect", "transport")  # refused, or a pooled connection found dead
         assert read.event_names() == ["retry_scheduled", "fallback"]
         assert read.events[1][1]["reason"] == "breaker_open" and read.attributes["resilience.outcome"] == "breaker_open"
