@@ -163,3 +163,12 @@ async def test_model_calls_are_chat_spans_with_tokens_and_the_request_carries_th
     sent = fallback.seen()[-1]["traceparent"]
     assert sent.split("-")[1] == TRACE_ID, "the model request carries the caller's trace"
     assert "sk-" not in json.dumps([attributes(span) for span in spans.all]), "no key in any span"
+
+
+async def test_a_tool_that_calls_analytics_holds_that_call(tmp_path, analytics_transport):
+    async with traced_chat(tmp_path, analytics_transport) as (chat, spans):
+        response = await chat.post("/chat/", json={**MESSAGE, "text": "how many messages have I sent?"})
+        assert response.status_code == 200 and "5 messages" in response.json()["reply"]
+    (tool,) = spans.named("execute_tool get_user_analytics")
+    (read,) = spans.children(tool, "analytics-read")
+    assert attributes(read)["resilience.outcome"] == "ok"
