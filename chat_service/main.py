@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -12,6 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from resilience import Pipeline, classify_httpx, log_event
+from servicekit.admission import AdmissionMetrics, AdmissionMiddleware, Limiter
+from servicekit.connections import ConnectionEvents, raise_open_files_limit, watch_accept_errors
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
@@ -29,6 +32,9 @@ from .delivery import Deliverer
 from .outbox import Outbox
 from .rate_limit import build_rate_limiter
 
+# The work routes: what costs model time and records a message. Everything else is never shed.
+ADMITTED_ROUTES = (("POST", "/chat/"),)  # a prefix: POST /chat/stream is admitted too
+
 
 def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the app; clients, the outbox and the agent are created in the lifespan.
@@ -37,15 +43,22 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
     """
     settings = settings or Settings()
     metrics = ChatMetrics(CollectorRegistry())
+    admission_metrics = AdmissionMetrics(metrics.registry, prefix="chat")
+    connection_events = ConnectionEvents(metrics.registry, prefix="chat")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         configure_logging(level=settings.log_level, fmt=settings.log_format)
         log = get_logger("lifespan")
         hooks = (log_event, metrics.on_resilience_event)
+        open_files = raise_open_files_limit()[0]
+        admission = Limiter(settings.admission.to_policy()) if settings.admission.enabled else None
+        if admission is not None:
+            admission_metrics.bind(admission)
         # Every resource is entered on the stack as soon as it exists, so a failing start-up step
         # or a failing flush still closes everything opened before it, in reverse order.
         async with AsyncExitStack() as resources:
+            resources.callback(watch_accept_errors(asyncio.get_running_loop(), connection_events))
             http = await resources.enter_async_context(
                 httpx.AsyncClient(
                     base_url=settings.analytics_url,
@@ -72,7 +85,14 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 resources.push_async_callback(limiter.close)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
-            log.info("chat_started", llm=llm.provider, analytics=settings.analytics_url, outbox_depth=outbox.depth())
+            log.info(
+                "chat_started",
+                llm=llm.provider,
+                analytics=settings.analytics_url,
+                outbox_depth=outbox.depth(),
+                open_files_limit=open_files,
+                admission=settings.admission.enabled,
+            )
             yield {
                 "settings": settings,
                 "metrics": metrics,
@@ -82,6 +102,8 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "outbox": outbox,
                 "deliverer": deliverer,
                 "rate_limiter": limiter,
+                "admission": admission,
+                "connection_events": connection_events,
             }
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
             # The clients and the outbox are still open here; the stack closes them afterwards.
@@ -93,6 +115,14 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         description="Chat with an agent that knows how many messages you have sent, whatever analytics does.",
         version="0.1.0",
         lifespan=lifespan,
+    )
+    # Innermost first: admission sits inside CORS (a shed answer still carries CORS headers) and
+    # inside the request context (it gets a request id, an access line and request metrics).
+    app.add_middleware(
+        AdmissionMiddleware,
+        routes=ADMITTED_ROUTES,
+        retry_after=settings.admission.retry_after,
+        on_event=admission_metrics.on_event,
     )
     app.add_middleware(
         CORSMiddleware,

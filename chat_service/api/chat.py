@@ -7,8 +7,9 @@ import time
 import uuid
 
 import structlog
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
+from servicekit.admission import commit_reply
 from servicekit.logging import get_logger
 
 from ..agent.run import LLMFailure, run_agent
@@ -44,6 +45,7 @@ def _text_too_long(limit: int) -> HTTPException:
 
 @router.post("/chat/", response_model=Response, responses=ERRORS)
 async def chat(
+    request: Request,
     message: Message,
     settings: SettingsDep,
     analytics: AnalyticsDep,
@@ -88,6 +90,7 @@ async def chat(
     finally:
         metrics.llm_latency.observe(time.perf_counter() - started)
 
+    commit_reply(request)  # from here the reply is recorded and sent, even if the client leaves
     try:
         outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
     except (OutboxFull, sqlite3.Error) as error:
