@@ -33,7 +33,7 @@ from .outbox import Outbox
 from .rate_limit import build_rate_limiter
 
 # The work routes: what costs model time and records a message. Everything else is never shed.
-ADMITTED_ROUTES = (("POST", "/chat/"),)  # a prefix: POST /chat/stream is admitted too
+ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat/stream"))
 
 
 def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:

@@ -15,6 +15,21 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# How every service is launched (here, in serve, the Dockerfiles and the manifests; see
+# docs/overload.md): a request read timeout and a connection cap below the descriptor limit
+# (the protocol class), uvicorn's own last-resort cap on connections and tasks, a listen
+# backlog the size of the kernel's default somaxconn, and keep-alive as uvicorn's default.
+SERVER_FLAGS = (
+    "--http",
+    "servicekit.connections:GuardedHttpToolsProtocol",
+    "--limit-concurrency",
+    "4096",
+    "--backlog",
+    "4096",
+    "--timeout-keep-alive",
+    "5",
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -65,6 +80,7 @@ class ServiceProcess:
             "--timeout-graceful-shutdown",
             "10",
             "--no-access-log",
+            *SERVER_FLAGS,
             *self.extra_args,
         ]
         if self.workers > 1:

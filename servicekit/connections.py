@@ -12,7 +12,8 @@ fails, and with uvloop not a line is logged.
 - a *request read timeout*: a request (headers and body) must arrive whole within
   `SERVICEKIT_REQUEST_READ_TIMEOUT` seconds (default 10) of its first byte, or of the
   connection opening; otherwise the connection gets `408` (or, if it sent nothing, is closed);
-- a *connection cap* below the descriptor limit: past it, idle connections (no request being
+- a *connection cap* below the descriptor limit and below 90% of `--limit-concurrency`
+  (which uvicorn counts connections against too): past it, idle connections (no request being
   served) are closed to make room, as nginx reuses keep-alive connections; when none is idle,
   the new connection gets `503` and is closed. Either way it is logged and counted, and
   accepting never reaches EMFILE.
@@ -148,6 +149,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cls._read_timeout is None:  # read once per process, after the lifespan raised the limit
             cls._read_timeout = float(os.environ.get("SERVICEKIT_REQUEST_READ_TIMEOUT", "10"))
             cls._cap = connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            if self.limit_concurrency:
+                # uvicorn answers 503 to every request once connections reach --limit-concurrency:
+                # evict idle ones first, so idle connections alone never get it there.
+                cls._cap = min(cls._cap, max(1, self.limit_concurrency * 9 // 10))
         self._read_timer: asyncio.TimerHandle | None = None
         self._idle = True  # no request between its first byte and its response
         self._reading_headers = False

@@ -53,9 +53,13 @@ class GradientLimit:
         return self._policy.min_limit if self.probing else int(self._limit)
 
     def observe(self, latency: float, in_flight: int, *, uncrowded: bool, now: float) -> None:
-        """Record a request that finished; `uncrowded` if it ran with at most `min_limit` in flight."""
+        """Record a request that finished at `now` after `latency`.
+
+        `uncrowded`: it was admitted with at most `min_limit` in flight. Only such requests
+        admitted during a probe (when nothing more is admitted) ran without load all along.
+        """
         if self.probing:
-            if uncrowded:
+            if uncrowded and now - latency >= self._probe_started:
                 self._probe.append(latency)
             probe_over = now - self._probe_started >= self._policy.probe_max_seconds
             if len(self._probe) >= self._policy.probe_samples or (probe_over and self._probe):

@@ -94,20 +94,25 @@ class Limiter:
 
     async def acquire(self) -> Permit:
         """A permit, waiting in the queue if that is expected to be short; `Shed` otherwise."""
-        permit = self.try_acquire()
-        if permit is not None:
-            return permit
+        return self.try_acquire() or await self.wait(self.enqueue())
+
+    def enqueue(self) -> asyncio.Future[Permit]:
+        """A place in the queue, or `Shed("queue_full")` at once if the wait would pass the deadline."""
         if not self._worth_queueing():
             raise Shed("queue_full")
         waiter = _Waiter(asyncio.get_running_loop().create_future(), self._clock.now() + self.policy.queue_timeout)
         self._waiters.append(waiter)
         if self._timer is None:
             self._arm_timer()
+        return waiter.future
+
+    async def wait(self, place: asyncio.Future[Permit]) -> Permit:
+        """The permit for a place in the queue; `Shed("queue_timeout")` at its deadline."""
         try:
-            return await waiter.future
+            return await place
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                waiter.future.result().release(completed=False)  # handed a slot while being cancelled
+            if place.done() and not place.cancelled() and place.exception() is None:
+                place.result().release(completed=False)  # handed a slot while being cancelled
             raise
 
     def _worth_queueing(self) -> bool:

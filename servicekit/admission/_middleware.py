@@ -86,8 +86,17 @@ async def _read_body(receive: Receive) -> list[Message] | None:
             return messages
 
 
+class _RouteLabel:
+    """Stands in for the router's match on a shed request: the request context labels metrics by `path`."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 class AdmissionMiddleware:
-    """Admits requests to `routes` (method, path prefix) through the lifespan's `Limiter`.
+    """Admits requests to `routes` (method, exact path) through the lifespan's `Limiter`.
 
     The limiter is looked up in the lifespan state under `"admission"`; without one, requests
     pass through (admission off). `on_event` receives `queue_full`, `queue_timeout`,
@@ -103,7 +112,9 @@ class AdmissionMiddleware:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
-        self.routes = tuple(routes)
+        # Exact paths: a look-up per request, and a path nobody serves is left to the router's 404
+        # (a prefix would admit, shed and label with whatever path a client makes up).
+        self.routes = {(method, path): _RouteLabel(path) for method, path in routes}
         self.on_event = on_event or (lambda _: None)
         body = json.dumps(OVERLOADED).encode()
         self._shed_body = body
@@ -113,13 +124,10 @@ class AdmissionMiddleware:
             (b"retry-after", str(retry_after).encode()),
         ]
 
-    def _admits(self, scope: Scope) -> bool:
-        method, path = scope["method"], scope["path"]
-        return any(method == m and path.startswith(prefix) for m, prefix in self.routes)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter: Limiter | None = scope.get("state", {}).get(STATE_KEY) if scope["type"] == "http" else None
-        if limiter is None or not self._admits(scope):
+        route = None if limiter is None else self.routes.get((scope["method"], scope["path"]))
+        if limiter is None or route is None:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -127,22 +135,29 @@ class AdmissionMiddleware:
             self.on_event("client_gone")
             await _send_closed(send)
             return
+        permit: Permit | None = limiter.try_acquire()
+        place = None
+        if permit is None:
+            try:
+                place = limiter.enqueue()
+            except Shed as shed:
+                scope["route"] = route  # the route label for the metrics outside, without matching again
+                await self._shed(send, shed)
+                return
         task = asyncio.current_task()
         assert task is not None
-        permit: Permit | None = limiter.try_acquire()
         watch = _Watch(receive, task)
         scope["state"][_WATCH_KEY] = watch
         completed = False
         try:
-            if permit is None:
-                permit = await limiter.acquire()
+            if place is not None:
+                permit = await limiter.wait(place)
             await self.app(scope, _replay(body, watch), _committing(send, watch))
             completed = True
         except Shed as shed:
             watch.stop()  # from here on we only answer: nothing left to cancel
-            self.on_event(shed.reason)
-            await send({"type": "http.response.start", "status": 503, "headers": self._shed_headers})
-            await send({"type": "http.response.body", "body": self._shed_body})
+            scope["route"] = route
+            await self._shed(send, shed)
         except ClientGone:
             await self._drop(send, watch, "cancelled")
         except asyncio.CancelledError:
@@ -153,6 +168,11 @@ class AdmissionMiddleware:
             watch.stop()
             if permit is not None:
                 permit.release(completed=completed)
+
+    async def _shed(self, send: Send, shed: Shed) -> None:
+        self.on_event(shed.reason)
+        await send({"type": "http.response.start", "status": 503, "headers": self._shed_headers})
+        await send({"type": "http.response.body", "body": self._shed_body})
 
     async def _drop(self, send: Send, watch: _Watch, event: str) -> None:
         watch.stop()
