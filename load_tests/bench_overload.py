@@ -66,6 +66,15 @@ def _trace(url: str, stop: threading.Event, out: list[dict[str, float]]) -> None
         out.append({"t": round(time.monotonic() - started, 1), **sample})
 
 
+_SHED = re.compile(r'^chat_admission_(shed_total\{reason="(\w+)"\}|cancelled_total) ([0-9.e+]+)$', re.MULTILINE)
+
+
+def _dropped(url: str) -> dict[str, int]:
+    """What admission did not run, by reason (client_gone, queue_full, queue_timeout, cancelled)."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return {reason or "cancelled": int(float(value)) for _, reason, value in _SHED.findall(text)}
+
+
 def _wait_until_idle(chat: ServiceProcess, timeout: float = 120.0) -> float:
     """Poll until chat's finished-request count has not moved for a second; returns when it last moved."""
     last, moved_at = -1.0, time.time()
@@ -106,7 +115,7 @@ def run_round(
         _capacity(chat.url, args.warmup, args.connections)
         capacity = _capacity(chat.url, args.capacity_seconds, args.connections)
         _wait_drained(chat)
-        counted_before, rss_before = _counted(db), rss_kib(chat.pid)
+        counted_before, rss_before, dropped_before = _counted(db), rss_kib(chat.pid), _dropped(chat.url)
         rate = args.factor * capacity
         trace: list[dict[str, float]] = []
         stop = threading.Event()
@@ -125,6 +134,7 @@ def run_round(
         _wait_drained(chat)
         time.sleep(args.settle)
         rss_after = rss_kib(chat.pid)
+        dropped = {k: v - dropped_before.get(k, 0) for k, v in _dropped(chat.url).items() if v - dropped_before.get(k, 0)}
         counted = _counted(db) - counted_before
     requests: list[list[float]] = result["requests"]  # type: ignore[assignment]
     ok = [latency for _, latency, status in requests if status == 200]
@@ -144,6 +154,8 @@ def run_round(
         "refused": len(refused),
         "refused_p50_ms": round(percentile(refused, 0.5) * 1000, 2),
         "refused_p99_ms": round(percentile(refused, 0.99) * 1000, 2),
+        "refused_within_10ms": round(sum(1 for r in refused if r < 0.01) / len(refused), 3) if refused else None,
+        "not_run": dropped,
         "statuses": statuses,  # 0: client timeout, -1: connection error, -2: no connection to spare
         "after_ratio": round(after_ok / capacity, 3),
         "work_after_load_s": round(max(0.0, idle_at - stopped_at), 2),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -49,6 +51,7 @@ class ServiceProcess:
         log_path: Path | None = None,
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
+        open_files: tuple[int, int] | None = None,
     ) -> None:
         self.app = app
         self.port = port or free_port()
@@ -56,6 +59,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.workers = workers
         self.extra_args = extra_args
+        self.open_files = open_files  # (soft, hard) RLIMIT_NOFILE for the child, as a smaller host would have
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +92,10 @@ class ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - None: our terminal
         try:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+            limits = None if self.open_files is None else functools.partial(_limit_open_files, self.open_files)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, preexec_fn=limits
+            )
         finally:
             if output is not None:
                 output.close()  # the child holds its own copy
@@ -139,6 +146,10 @@ class ServiceProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _limit_open_files(limits: tuple[int, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
 
 def analytics_env(database_url: str, **extra: str) -> dict[str, str]:

@@ -159,6 +159,8 @@ class AdmissionMiddleware:
             scope["route"] = route
             await self._shed(send, shed)
         except ClientGone:
+            if watch.cancelled_run:
+                task.uncancel()  # the app swallowed our cancellation and stopped at the commit instead
             await self._drop(send, watch, "cancelled")
         except asyncio.CancelledError:
             if not (watch.cancelled_run and task.uncancel() == 0):
