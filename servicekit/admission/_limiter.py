@@ -51,7 +51,7 @@ class Limiter:
     """An adaptive concurrency limit with a FIFO queue whose wait is bounded twice.
 
     A request joins the queue only if, at the current service time and limit, its turn is
-    expected within `queue_timeout` (Little's law: position * latency / limit); otherwise it
+    expected within half of `queue_timeout` (Little's law: position * latency / limit); otherwise it
     is refused at once, which is what keeps refusals fast. A queued request still gives up at
     its deadline. One timer, armed for the head of the queue, expires waiters: FIFO order
     means the head always has the earliest deadline. No locks: asyncio runs each method
@@ -119,7 +119,9 @@ class Limiter:
         if len(self._waiters) >= self.policy.queue_max or self.policy.queue_timeout == 0:
             return False
         expected_wait = (len(self._waiters) + 1) * self._latency / max(self._gradient.limit, 1)
-        return expected_wait <= self.policy.queue_timeout
+        # Half the deadline: the estimate is an average, and a request that waits in vain costs
+        # its client the whole deadline for a refusal it could have had at once.
+        return expected_wait <= self.policy.queue_timeout / 2
 
     def _release(self, permit: Permit, completed: bool) -> None:
         now = self._clock.now()

@@ -3,6 +3,7 @@ connections, and running out of file descriptors."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -36,7 +37,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
 
 def raw_chat(port: int, user: str, text: str) -> socket.socket:
     """A POST /chat/ on its own socket, left open: the test decides when this client leaves."""
-    body = ('{"user_id": "%s", "text": "%s"}' % (user, text)).encode()
+    body = json.dumps({"user_id": user, "text": text}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
         b"POST /chat/ HTTP/1.1\r\nHost: chat\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)

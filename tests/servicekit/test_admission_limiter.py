@@ -88,16 +88,16 @@ async def test_a_queued_request_is_shed_at_its_deadline():
     assert lim.in_flight == 0
 
 
-async def test_the_queue_refuses_at_once_when_the_wait_would_pass_the_deadline():
+async def test_the_queue_refuses_at_once_when_the_wait_would_pass_half_the_deadline():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=2, min_limit=1, queue_timeout=0.1)
     run_batch(lim, clock, 2, 0.04)  # service time 40 ms at a limit of 2: 20 ms per place in line
     held = [await lim.acquire() for _ in range(2)]
-    queued = [asyncio.create_task(lim.acquire()) for _ in range(5)]  # 5 places * 20 ms = 100 ms: fits
+    queued = [asyncio.create_task(lim.acquire()) for _ in range(2)]  # 2 places * 20 ms = 40 ms <= 50 ms
     await asyncio.sleep(0)
-    assert lim.queued == 5
+    assert lim.queued == 2
     with pytest.raises(Shed) as shed:
-        await lim.acquire()  # a 6th would wait ~120 ms
+        await lim.acquire()  # a 3rd would wait ~60 ms: more than half the deadline
     assert shed.value.reason == "queue_full"
     for task in queued:
         task.cancel()
