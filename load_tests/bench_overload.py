@@ -9,7 +9,8 @@ round, a fresh chat (offline model, uvloop, the production server flags), then:
 3. waits until chat stops working and its outbox has drained, then compares what analytics
    counted with the 200s the clients received.
 
-Rounds alternate between admission on and off (`--modes`), so both see the same machine.
+Rounds alternate between admission on and off (`--modes`, which can also compare settings), so
+every variant sees the same machine.
 Prints one line per round and a JSON summary.
 """
 
@@ -107,14 +108,16 @@ def _ms(latencies: list[float], q: float) -> float | None:
 
 
 def run_round(
-    analytics: ServiceProcess, db: Path, work: Path, args: argparse.Namespace, *, admission: bool, n: int
+    analytics: ServiceProcess, db: Path, work: Path, args: argparse.Namespace, *, mode: str, n: int
 ) -> dict[str, object]:
+    switch, *settings = mode.split()
+    admission = switch == "on"
     env = chat_env(
         analytics.url,
         work / f"outbox-{n}.sqlite3",
         CHAT_LOG_LEVEL="WARNING",
         CHAT_ADMISSION__ENABLED=str(admission).lower(),
-        **dict(setting.split("=", 1) for setting in args.set),
+        **dict(setting.split("=", 1) for setting in [*args.set, *settings]),
     )
     chat = ServiceProcess(
         "chat_service.main:app", extra_args=("--loop", "uvloop"), log_path=work / f"chat-{n}.log", env=env
@@ -153,7 +156,7 @@ def run_round(
     after_ok: int = result["after_ok"]  # type: ignore[assignment]
     received = len(ok) + after_ok
     return {
-        "admission": admission,
+        "mode": mode,
         "capacity_rps": round(capacity, 1),
         "offered_rps": round(rate, 1),
         "goodput_ratio": round(len(ok) / args.seconds / capacity, 3),
@@ -184,7 +187,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--capacity-seconds", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after the drain before RSS is read")
-    parser.add_argument("--modes", default="on,off", help="admission modes, alternated: on, off or both")
+    parser.add_argument(
+        "--modes",
+        default="on,off",
+        help="rounds to alternate, comma-separated: 'on' or 'off' (admission), each optionally followed by "
+        "space-separated chat settings, e.g. 'on,on CHAT_ADMISSION__QUEUE_TIMEOUT=0.05'",
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", help="chat setting for every round")
@@ -208,9 +216,9 @@ def main() -> None:
                 for i in range(start, min(start + 500, args.users))
             ]
             httpx.post(analytics.url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
-        modes = [mode.strip() == "on" for mode in args.modes.split(",")]
+        modes = [mode.strip() for mode in args.modes.split(",")]
         for n in range(args.rounds * len(modes)):
-            result = run_round(analytics, db, work, args, admission=modes[n % len(modes)], n=n)
+            result = run_round(analytics, db, work, args, mode=modes[n % len(modes)], n=n)
             print(json.dumps(result), flush=True)
             rounds.append(result)
     if args.json:

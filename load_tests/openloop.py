@@ -174,7 +174,9 @@ async def closed_loop(pool: _Pool, payloads: list[bytes], *, connections: int, s
 
             pool.submit(payloads[n % len(payloads)], record, 5.0)
             if await done != 200:
-                await asyncio.sleep(0.001)  # a refusal: do not spin
+                # A refused client backs off a little (a polite one would wait the whole Retry-After;
+                # a client that re-sends at once only measures how fast the server can say no).
+                await asyncio.sleep(0.05)
             n += connections
 
     await asyncio.gather(*(worker(n) for n in range(connections)))
