@@ -37,9 +37,11 @@ _REQUESTS = re.compile(r'^http_requests_total\{method="POST",route="/chat/",stat
 
 
 def _generate(url: str, *args: str) -> dict[str, object]:
-    command = [sys.executable, "-m", "load_tests.openloop", url, *args]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "load.json"
+        command = [sys.executable, "-m", "load_tests.openloop", url, *args, "--out", str(out)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
 def _capacity(url: str, seconds: float, connections: int) -> float:

@@ -7,7 +7,7 @@ hides overload. A request takes an idle keep-alive connection or opens a new one
 costs the generator a few tens of microseconds, so on 2 cores it is not what limits the server.
 
 `python -m load_tests.openloop URL --rate 2000 --seconds 12 --timeout 5 --after 1` prints one
-JSON object: every request as [sent_at, latency, status] (status 0: timeout, -1: connection
+JSON object (or writes it to `--out`): every request as [sent_at, latency, status] (status 0: timeout, -1: connection
 error, -2: not sent, no connection to spare), and the closed-loop 200s in the `--after`
 seconds right after the open phase.
 """
@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -220,9 +221,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--after", type=float, default=0.0, help="then a closed loop for this many seconds")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--user-prefix", default="bench")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of to stdout")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     raise_open_files_limit()
-    sys.stdout.write(json.dumps(uvloop.run(main(parse_args()))) + "\n")
+    arguments = parse_args()
+    report = json.dumps(uvloop.run(main(arguments)))
+    if arguments.out:
+        arguments.out.write_text(report)
+    else:
+        sys.stdout.write(report + "\n")
