@@ -171,7 +171,8 @@ def run_round(
         "not_run": dropped,
         "statuses": statuses,  # 0: client timeout, -1: connection error, -2: no connection to spare
         "after_ratio": round(after_ok / capacity, 3),
-        "work_after_load_s": round(max(0.0, idle_at - stopped_at), 2),
+        # From the end of the closed-loop second after the load (our own last requests).
+        "work_after_load_s": round(max(0.0, idle_at - stopped_at - 1.0), 2),
         "oks_received": received,
         "analytics_counted": counted,
         "counted_without_200": counted - received,
