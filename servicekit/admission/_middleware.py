@@ -38,11 +38,12 @@ class ClientGone(Exception):
 class _Watch:
     """Reads the connection after the body, so a departure is noticed while the request waits or runs."""
 
-    __slots__ = ("_reader", "_task", "cancelled_run", "committed", "gone")
+    __slots__ = ("_reader", "_task", "cancelled_run", "committed", "gone", "responded")
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self._task = task
         self.committed = False
+        self.responded = False  # the whole response was sent (the server then reports a disconnect too)
         self.gone = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read(receive))
         self.cancelled_run = False
@@ -69,7 +70,7 @@ def commit_reply(request: Request) -> None:
     watch: _Watch | None = request.scope.get("state", {}).get(_WATCH_KEY)
     if watch is None:
         return  # not an admitted route, or no admission control configured
-    if watch.gone.is_set():
+    if watch.gone.is_set() and not watch.responded:
         raise ClientGone
     watch.committed = True
 
@@ -206,5 +207,7 @@ def _committing(send: Send, watch: _Watch) -> Send:
         if message["type"] == "http.response.start":
             watch.committed = True  # the reply is on its way: finish it rather than cut it
         await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            watch.responded = True
 
     return wrapped

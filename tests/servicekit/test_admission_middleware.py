@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 from starlette.types import Message
 
 from servicekit.admission import (
@@ -47,6 +49,8 @@ class Client:
 
     async def send(self, message: Message) -> None:
         self.sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.leave()  # as uvicorn: once the response is complete, receive() reports a disconnect
 
     @property
     def status(self) -> int | None:
@@ -100,6 +104,15 @@ class Harness:
             self.recorded.append("stubborn")
             return {"reply": "stubborn"}
 
+        @app.post("/record-after-reply")
+        async def record_after_reply(request: Request) -> JSONResponse:
+            async def record() -> None:
+                await asyncio.sleep(0.05)  # the reply is out; the server reports its end as a disconnect
+                commit_reply(request)
+                self.recorded.append("after-reply")
+
+            return JSONResponse({"reply": "whole"}, background=BackgroundTask(record))
+
         @app.get("/healthz")
         async def healthz() -> dict[str, str]:
             return {"status": "ok"}
@@ -107,7 +120,7 @@ class Harness:
         # As in the services: inside Starlette's error middleware, so a route's ClientGone reaches it.
         app.add_middleware(
             AdmissionMiddleware,
-            routes=[("POST", "/work"), ("POST", "/commit-early"), ("POST", "/stubborn")],
+            routes=[("POST", "/work"), ("POST", "/commit-early"), ("POST", "/stubborn"), ("POST", "/record-after-reply")],
             retry_after=2,
             on_event=self.events.append,
         )
@@ -279,3 +292,10 @@ async def test_without_a_limiter_in_the_state_admission_is_off():
         h.release_work.set()
         await h.app(scope, client.receive, client.send)
         assert client.status == 200 and h.events == []
+
+
+async def test_a_reply_recorded_after_the_response_is_complete_is_not_taken_for_a_departure():
+    async with harness() as h:
+        client = Client()
+        await h.start(client, "/record-after-reply")
+        assert h.recorded == ["after-reply"] and client.status == 200 and h.events == []
