@@ -54,7 +54,9 @@ def _chat_requests_done(url: str) -> float:
     return sum(float(v) for v in _REQUESTS.findall(text))
 
 
-_GAUGES = re.compile(r"^chat_admission_(in_flight|limit|queued|min_latency_seconds) ([0-9.e+-]+)$", re.MULTILINE)
+_GAUGES = re.compile(
+    r"^chat_(?:admission_)?(in_flight|limit|queued|min_latency_seconds|event_loop_lag_seconds) ([0-9.e+-]+)$", re.MULTILINE
+)
 
 
 def _trace(url: str, stop: threading.Event, out: list[dict[str, float]]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 from ._policy import AdmissionPolicy
 
@@ -34,8 +35,16 @@ _FIRST_PROBE_AFTER = 1.0  # seconds at `initial_limit` before the first probe: a
 class GradientLimit:
     """The arithmetic only: fed with finished requests and the time, it says what the limit is."""
 
-    def __init__(self, policy: AdmissionPolicy, now: float, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        now: float,
+        *,
+        loop_lag: Callable[[], float] = lambda: math.inf,
+        rng: random.Random | None = None,
+    ) -> None:
         self._policy = policy
+        self._loop_lag = loop_lag
         self._rng = rng or random.Random()
         self._limit = float(policy.initial_limit)
         self.min_latency: float | None = None
@@ -84,6 +93,8 @@ class GradientLimit:
         window.sort()
         median = window[len(window) // 2]
         gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
+        if self._loop_lag() < self._policy.congested_lag:
+            gradient = max(gradient, 1.0)  # slower, but not from queueing here: a dependency took longer
         if gradient > 1.0 and busiest < self._limit / 2:
             return  # not limited by us: no evidence that more would be fine
         target = gradient * self._limit

@@ -8,6 +8,7 @@ from typing import Literal
 
 from ._clock import Clock, LoopClock, Timer
 from ._gradient import GradientLimit
+from ._lag import LoopLag
 from ._policy import AdmissionPolicy
 
 ShedReason = Literal["queue_full", "queue_timeout", "client_gone"]
@@ -61,7 +62,8 @@ class Limiter:
     def __init__(self, policy: AdmissionPolicy | None = None, *, clock: Clock | None = None) -> None:
         self.policy = policy or AdmissionPolicy()
         self._clock = clock or LoopClock()
-        self._gradient = GradientLimit(self.policy, self._clock.now())
+        self.loop_lag = LoopLag(self._clock)
+        self._gradient = GradientLimit(self.policy, self._clock.now(), loop_lag=self.loop_lag.take)
         self._in_flight = 0
         self._waiters: deque[_Waiter] = deque()
         self._timer: Timer | None = None
@@ -85,6 +87,7 @@ class Limiter:
 
     def try_acquire(self) -> Permit | None:
         """A permit if a slot is free now and nobody is queued ahead, else None."""
+        self.loop_lag.start()
         now = self._clock.now()
         self._gradient.tick(now)
         if self._waiters or self._in_flight >= self._gradient.limit:

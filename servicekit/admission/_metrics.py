@@ -17,6 +17,9 @@ class AdmissionMetrics:
         self.min_latency = Gauge(
             f"{prefix}_admission_min_latency_seconds", "Latency without load, as last measured", registry=registry
         )
+        self.loop_lag = Gauge(
+            f"{prefix}_event_loop_lag_seconds", "Worst lateness of the loop's timers in the last update", registry=registry
+        )
         self.shed = Counter(
             f"{prefix}_admission_shed_total",
             "Requests not run: queue_full and queue_timeout answered 503, client_gone left while queued",
@@ -32,6 +35,7 @@ class AdmissionMetrics:
         self.limit.set_function(lambda: limiter.limit)
         self.queued.set_function(lambda: limiter.queued)
         self.min_latency.set_function(lambda: limiter.min_latency or 0.0)
+        self.loop_lag.set_function(lambda: limiter.loop_lag.last)
 
     def on_event(self, name: str) -> None:
         """An `AdmissionMiddleware` hook."""

@@ -10,14 +10,17 @@ class AdmissionPolicy:
     """How many requests may run at once, how that number adapts, and how long one may queue.
 
     The defaults follow Envoy's adaptive concurrency filter (gradient controller): a 100 ms
-    update interval, a no-load latency re-measured every 60 s (+-15%) at a floor of 3, a 25%
-    latency buffer, a gradient clamped to [0.5, 2] and a sqrt(limit) headroom.
+    update interval, a no-load latency re-measured every 60 s (+-15%) at a floor of 3, a
+    gradient clamped to [0.5, 2] and a sqrt(limit) headroom. The latency buffer is 100%, not
+    Envoy's 25%: in one asyncio process latency grows with every request in flight, and this
+    service's throughput peaks near twice its no-load latency (docs/overload.md).
     """
 
     min_limit: int = 3
     max_limit: int = 500
     initial_limit: int = 20
-    latency_tolerance: float = 0.25
+    latency_tolerance: float = 1.0
+    congested_lag: float = 0.005
     update_interval: float = 0.1
     probe_interval: float = 60.0
     probe_jitter: float = 0.15
@@ -29,8 +32,8 @@ class AdmissionPolicy:
     def __post_init__(self) -> None:
         if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
             raise ValueError("need 1 <= min_limit <= initial_limit <= max_limit")
-        if self.latency_tolerance < 0 or not 0 <= self.probe_jitter < 1:
-            raise ValueError("latency_tolerance must be >= 0 and probe_jitter in [0, 1)")
+        if self.latency_tolerance < 0 or self.congested_lag < 0 or not 0 <= self.probe_jitter < 1:
+            raise ValueError("latency_tolerance and congested_lag must be >= 0, probe_jitter in [0, 1)")
         if min(self.update_interval, self.probe_interval, self.probe_max_seconds) <= 0 or self.probe_samples < 1:
             raise ValueError("intervals must be positive and probe_samples >= 1")
         if self.queue_timeout < 0 or self.queue_max < 0:

@@ -16,9 +16,13 @@ class FakeTimer:
 
 
 class FakeClock:
-    """A `Clock` that moves only on `advance`, firing every timer that falls due, in order."""
+    """A `Clock` that moves only on `advance`, firing every timer that falls due, in order.
+
+    `late_by` makes every timer fire that much late, as on an event loop busy with other work.
+    """
 
     def __init__(self, start: float = 1000.0) -> None:
+        self.late_by = 0.0
         self._now = start
         self._timers: list[tuple[float, int, FakeTimer, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -28,7 +32,7 @@ class FakeClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
         timer = FakeTimer()
-        heapq.heappush(self._timers, (self._now + max(delay, 0.0), next(self._order), timer, callback))
+        heapq.heappush(self._timers, (self._now + max(delay, 0.0) + self.late_by, next(self._order), timer, callback))
         return timer
 
     def advance(self, seconds: float) -> None:

@@ -142,11 +142,13 @@ def test_queueing_lowers_the_limit_and_its_absence_raises_it():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=40, min_limit=3, probe_samples=5, max_limit=200)
     probe(lim, clock, 0.002)
+    clock.late_by = 0.01  # the loop runs its timers late: this process is queueing for the CPU
     for _ in range(5):  # 40 in flight at 4x the no-load latency: queueing
         run_batch(lim, clock, min(lim.limit, 40), 0.008)
         clock.advance(0.1)
     shrunk = lim.limit
     assert shrunk < 40
+    clock.late_by = 0.0
     for _ in range(10):  # at no-load latency and using the whole limit: room to grow
         run_batch(lim, clock, lim.limit, 0.002)
         clock.advance(0.1)
@@ -164,10 +166,21 @@ def test_an_idle_service_does_not_grow_its_limit():
     assert lim.limit == 20
 
 
+def test_a_slower_dependency_without_queueing_here_does_not_lower_the_limit():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5, max_limit=100)
+    probe(lim, clock, 0.002)
+    for _ in range(10):  # the model now takes 100x longer, but the loop runs on time
+        run_batch(lim, clock, lim.limit, 0.2)
+        clock.advance(0.1)
+    assert lim.limit > 10  # in use and not queueing: room to grow, not a reason to shed
+
+
 def test_a_limit_stuck_at_the_floor_measures_the_latency_without_load_again():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5)
     probe(lim, clock, 0.002)
+    clock.late_by = 0.01
     for _ in range(30):  # the dependency became 50x slower: no limit brings latency back
         run_batch(lim, clock, lim.limit, 0.1)
         clock.advance(0.1)
@@ -229,6 +242,7 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
         {"min_limit": 5, "initial_limit": 4},
         {"initial_limit": 600},
         {"latency_tolerance": -1},
+        {"congested_lag": -0.001},
         {"probe_jitter": 1.0},
         {"update_interval": 0},
         {"probe_samples": 0},
