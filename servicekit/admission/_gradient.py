@@ -56,6 +56,7 @@ class GradientLimit:
         self._probe_started = now
         self._probe: list[float] = []
         self._next_probe = now + _FIRST_PROBE_AFTER
+        self._congested = False
 
     @property
     def limit(self) -> int:
@@ -80,22 +81,24 @@ class GradientLimit:
             self._update(now)
 
     def tick(self, now: float) -> None:
-        """Start a scheduled probe when it is due (called as requests are admitted)."""
-        if not self.probing and now >= self._next_probe:
+        """Start a due probe (called as requests are admitted); only while the loop is congested."""
+        if not self.probing and self._congested and now >= self._next_probe:
             self._start_probe(now)
 
     def _update(self, now: float) -> None:
         window, busiest = self._window, self._busiest
         self._window, self._busiest = [], 0
         self._next_update = now + self._policy.update_interval
-        if len(window) < 3 or self.min_latency is None:
-            return  # too few samples to say anything
-        window.sort()
-        median = window[len(window) // 2]
-        gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
-        if self._loop_lag() < self._policy.congested_lag:
-            gradient = max(gradient, 1.0)  # slower, but not from queueing here: a dependency took longer
-        if gradient > 1.0 and busiest < self._limit / 2:
+        self._congested = self._loop_lag() >= self._policy.congested_lag
+        if not self._congested:
+            gradient = 1.0  # any slowness is not queueing here (a dependency took longer): no cut
+        elif len(window) < 3 or self.min_latency is None:
+            return  # too few samples to say anything, or no baseline yet (the next tick probes)
+        else:
+            window.sort()
+            median = window[len(window) // 2]
+            gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
+        if gradient >= 1.0 and busiest < self._limit / 2:
             return  # not limited by us: no evidence that more would be fine
         target = gradient * self._limit
         self._limit = min(float(self._policy.max_limit), max(float(self._policy.min_limit), target + math.sqrt(target)))

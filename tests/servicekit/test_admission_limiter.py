@@ -25,12 +25,24 @@ def run_batch(lim: Limiter, clock: FakeClock, count: int, latency: float) -> Non
         permit.release(completed=True)
 
 
+def congest(lim: Limiter, clock: FakeClock) -> None:
+    """From now on the loop runs its timers 10 ms late, and the lag monitor has seen it."""
+    clock.late_by = 0.01
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # starts the lag monitor
+    clock.advance(0.1)
+
+
 def probe(lim: Limiter, clock: FakeClock, latency: float) -> None:
-    """Get through the first probe: one second at the initial limit, then uncrowded samples."""
+    """Get through the first probe: a congested update a second in, then uncrowded samples."""
+    late_by = clock.late_by
+    congest(lim, clock)
     clock.advance(1.0)
+    run_batch(lim, clock, 3, latency)  # an update that sees the loop running late
     lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # admitting ticks the probe in
+    assert lim._gradient.probing
     while lim._gradient.probing:
         run_batch(lim, clock, 1, latency)
+    clock.late_by = late_by
 
 
 def test_admits_up_to_the_initial_limit_then_refuses_without_a_queue():
@@ -124,11 +136,14 @@ async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot
     assert lim.in_flight == 0
 
 
-def test_the_limit_holds_until_the_first_probe_measures_the_latency_without_load():
+def test_the_first_congestion_probes_the_latency_without_load():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
+    congest(lim, clock)
     run_batch(lim, clock, 20, 0.05)
-    assert lim.limit == 20 and lim.min_latency is None
+    clock.advance(0.1)
+    run_batch(lim, clock, 20, 0.05)
+    assert lim.limit == 20 and lim.min_latency is None  # the first second: no probe yet
     clock.advance(1.0)
     lim.try_acquire().release(completed=False)  # type: ignore[union-attr]
     assert lim.limit == 3  # probing: only the floor may run
@@ -142,7 +157,7 @@ def test_queueing_lowers_the_limit_and_its_absence_raises_it():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=40, min_limit=3, probe_samples=5, max_limit=200)
     probe(lim, clock, 0.002)
-    clock.late_by = 0.01  # the loop runs its timers late: this process is queueing for the CPU
+    congest(lim, clock)  # the loop runs its timers late: this process is queueing for the CPU
     for _ in range(5):  # 40 in flight at 4x the no-load latency: queueing
         run_batch(lim, clock, min(lim.limit, 40), 0.008)
         clock.advance(0.1)
@@ -166,6 +181,14 @@ def test_an_idle_service_does_not_grow_its_limit():
     assert lim.limit == 20
 
 
+def test_no_probe_pins_the_limit_while_the_loop_is_on_time():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, max_limit=20)
+    for _ in range(30):  # 3 s of a slow dependency, no queueing here
+        run_batch(lim, clock, 20, 0.3)
+    assert not lim._gradient.probing and lim.limit == 20
+
+
 def test_a_slower_dependency_without_queueing_here_does_not_lower_the_limit():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5, max_limit=100)
@@ -180,7 +203,7 @@ def test_a_limit_stuck_at_the_floor_measures_the_latency_without_load_again():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5)
     probe(lim, clock, 0.002)
-    clock.late_by = 0.01
+    congest(lim, clock)
     for _ in range(30):  # the dependency became 50x slower: no limit brings latency back
         run_batch(lim, clock, lim.limit, 0.1)
         clock.advance(0.1)
@@ -196,6 +219,7 @@ def test_probes_recur_at_the_interval_with_jitter():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_interval=60, probe_jitter=0.15, probe_samples=1), clock.now())
     clock.advance(1.0)
+    gradient.observe(0.01, 1, uncrowded=False, now=clock.now())  # an update: no lag source, so congested
     gradient.tick(clock.now())
     clock.advance(0.01)
     gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
@@ -212,6 +236,7 @@ def test_crowded_requests_do_not_count_as_latency_without_load():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_samples=2, probe_max_seconds=5), clock.now())
     clock.advance(1.0)
+    gradient.observe(0.01, 1, uncrowded=False, now=clock.now())
     gradient.tick(clock.now())
     clock.advance(0.5)
     gradient.observe(0.5, 10, uncrowded=False, now=clock.now())  # admitted crowded
@@ -227,6 +252,7 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_samples=20, probe_max_seconds=1.0), clock.now())
     clock.advance(1.0)
+    gradient.observe(0.01, 1, uncrowded=False, now=clock.now())
     gradient.tick(clock.now())
     gradient.observe(0.3, 1, uncrowded=True, now=clock.now())
     assert gradient.probing
