@@ -81,7 +81,7 @@ class GradientLimit:
             self._update(now)
 
     def tick(self, now: float) -> None:
-        """Start a due probe (called as requests are admitted); only while the loop is congested."""
+        """Start a due probe (called as requests are admitted); only while the limit binds and the loop is late."""
         if not self.probing and self._congested and now >= self._next_probe:
             self._start_probe(now)
 
@@ -89,9 +89,12 @@ class GradientLimit:
         window, busiest = self._window, self._busiest
         self._window, self._busiest = [], 0
         self._next_update = now + self._policy.update_interval
-        self._congested = self._loop_lag() >= self._policy.congested_lag
+        saturated = busiest >= int(self._limit)
+        self._congested = saturated and self._loop_lag() >= self._policy.congested_lag
         if not self._congested:
-            gradient = 1.0  # any slowness is not queueing here (a dependency took longer): no cut
+            # Not queueing here, or the limit is not what holds requests back (a neighbour took
+            # the CPU, a cold start): cutting would only refuse requests that are not the cause.
+            gradient = 1.0
         elif len(window) < 3 or self.min_latency is None:
             return  # too few samples to say anything, or no baseline yet (the next tick probes)
         else:

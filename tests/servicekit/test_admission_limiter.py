@@ -37,7 +37,7 @@ def probe(lim: Limiter, clock: FakeClock, latency: float) -> None:
     late_by = clock.late_by
     congest(lim, clock)
     clock.advance(1.0)
-    run_batch(lim, clock, 3, latency)  # an update that sees the loop running late
+    run_batch(lim, clock, lim.limit, latency)  # an update that sees the limit reached and the loop late
     lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # admitting ticks the probe in
     assert lim._gradient.probing
     while lim._gradient.probing:
@@ -199,6 +199,17 @@ def test_a_slower_dependency_without_queueing_here_does_not_lower_the_limit():
     assert lim.limit > 10  # in use and not queueing: room to grow, not a reason to shed
 
 
+def test_a_late_loop_does_not_cut_a_limit_that_is_not_reached():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)  # another process takes the CPU, or code runs cold
+    for _ in range(20):  # 6 at a time, 25x slower: the limit of 20 is not what holds anyone back
+        run_batch(lim, clock, 6, 0.05)
+        clock.advance(0.1)
+    assert lim.limit == 20 and not lim._gradient.probing
+
+
 def test_a_limit_stuck_at_the_floor_measures_the_latency_without_load_again():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5)
@@ -219,7 +230,7 @@ def test_probes_recur_at_the_interval_with_jitter():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_interval=60, probe_jitter=0.15, probe_samples=1), clock.now())
     clock.advance(1.0)
-    gradient.observe(0.01, 1, uncrowded=False, now=clock.now())  # an update: no lag source, so congested
+    gradient.observe(0.01, 20, uncrowded=False, now=clock.now())  # an update at the limit; no lag source: late
     gradient.tick(clock.now())
     clock.advance(0.01)
     gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
@@ -236,7 +247,7 @@ def test_crowded_requests_do_not_count_as_latency_without_load():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_samples=2, probe_max_seconds=5), clock.now())
     clock.advance(1.0)
-    gradient.observe(0.01, 1, uncrowded=False, now=clock.now())
+    gradient.observe(0.01, 20, uncrowded=False, now=clock.now())
     gradient.tick(clock.now())
     clock.advance(0.5)
     gradient.observe(0.5, 10, uncrowded=False, now=clock.now())  # admitted crowded
@@ -252,7 +263,7 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_samples=20, probe_max_seconds=1.0), clock.now())
     clock.advance(1.0)
-    gradient.observe(0.01, 1, uncrowded=False, now=clock.now())
+    gradient.observe(0.01, 20, uncrowded=False, now=clock.now())
     gradient.tick(clock.now())
     gradient.observe(0.3, 1, uncrowded=True, now=clock.now())
     assert gradient.probing
