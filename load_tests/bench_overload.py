@@ -5,7 +5,7 @@ round, a fresh chat (offline model, uvloop, the production server flags), then:
 
 1. measures the closed-loop capacity C (after a warm-up);
 2. drives chat open-loop at `--factor` x C for `--seconds` with a `--timeout` client timeout
-   (load_tests/openloop.py, in its own process), and a closed loop in the first second after;
+   (load_tests/openloop_raw.py, in its own process), and a closed loop in the first second after;
 3. waits until chat stops working and its outbox has drained, then compares what analytics
    counted with the 200s the clients received.
 
@@ -39,7 +39,7 @@ _REQUESTS = re.compile(r'^http_requests_total\{method="POST",route="/chat/",stat
 def _generate(url: str, *args: str) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "load.json"
-        command = [sys.executable, "-m", "load_tests.openloop", url, *args, "--out", str(out)]
+        command = [sys.executable, "-m", "load_tests.openloop_raw", url, *args, "--out", str(out)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())  # type: ignore[no-any-return]
 

@@ -6,7 +6,7 @@ hides overload. A request takes an idle keep-alive connection or opens a new one
 `max_connections`); a client timeout closes its connection, as a real client does. Each request
 costs the generator a few tens of microseconds, so on 2 cores it is not what limits the server.
 
-`python -m load_tests.openloop URL --rate 2000 --seconds 12 --timeout 5 --after 1` prints one
+`python -m load_tests.openloop_raw URL --rate 2000 --seconds 12 --timeout 5 --after 1` prints one
 JSON object (or writes it to `--out`): every request as [sent_at, latency, status] (status 0: timeout, -1: connection
 error, -2: not sent, no connection to spare), and the closed-loop 200s in the `--after`
 seconds right after the open phase.
