@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from resilience import Ok
 from servicekit.logging import get_logger
@@ -19,7 +20,11 @@ REFUSED_AS_INVALID = frozenset({400, 413, 422})
 
 
 class Deliverer:
-    """Wakes on each append (or every `poll` seconds), sends what is waiting, backs off on failure."""
+    """Wakes on each append (or every `poll` seconds), sends what is waiting, backs off on failure.
+
+    It also keeps the outbox healthy (`Outbox.maintain`): every `poll` seconds while all is well,
+    every `recover_poll` seconds while the outbox refuses appends (full disk, not open yet).
+    """
 
     def __init__(
         self,
@@ -29,18 +34,21 @@ class Deliverer:
         batch: int,
         linger: float,
         poll: float = 1.0,
-        max_backoff: float = 2.0,
+        recover_poll: float = 0.25,
+        max_backoff: float = 0.5,
     ) -> None:
         self.outbox = outbox
         self.client = client
         self.batch = batch
         self.linger = linger
         self.poll = poll
+        self.recover_poll = recover_poll
         self.max_backoff = max_backoff
         self.delivered = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._maintained = 0.0
 
     def notify(self) -> None:
         self._wake.set()
@@ -55,8 +63,11 @@ class Deliverer:
                 await self._task
             self._task = None
 
-    async def flush(self, seconds: float) -> int:
-        """Deliver until the outbox is empty, analytics refuses, or `seconds` pass."""
+    async def flush(self, seconds: float) -> int | None:
+        """Deliver until the outbox is empty, analytics refuses, or `seconds` pass; never raises.
+
+        Returns how many of this process's records are left (None when the outbox cannot say).
+        """
         await self.stop()
         try:
             async with asyncio.timeout(seconds):
@@ -64,32 +75,33 @@ class Deliverer:
                     pass
         except TimeoutError:
             pass
-        left = self.outbox.exact_depth()
+        except Exception as error:  # a full or broken disk must not fail the shutdown
+            log.warning("outbox_flush_failed", error=type(error).__name__)
+        try:
+            left = await self.outbox.owned_depth()
+        except Exception as error:
+            log.warning("outbox_flush_failed", error=type(error).__name__)
+            left = None
         log.info("outbox_flushed", left=left, delivered=self.delivered)
         return left
 
     async def deliver_once(self) -> bool:
         """Send one batch; True when it was acknowledged (so there may be more to do)."""
-        claimed = self.outbox.claim(self.batch)
+        claimed = await self.outbox.next_batch(self.batch)
         if not claimed:
             return False
         ids = [row_id for row_id, _ in claimed]
-        try:
-            outcome = await self.client.record_batch([item for _, item in claimed])
-        except BaseException:
-            self.outbox.release(ids)
-            raise
+        outcome = await self.client.record_batch([item for _, item in claimed])
         if isinstance(outcome, Ok):
-            self.outbox.acknowledge(ids)
+            await self.outbox.acknowledge(ids)
             self.delivered += len(ids)
             self._failures = 0
             return True
         if outcome.status in REFUSED_AS_INVALID:
             await self._isolate(claimed)
             return True
-        self.outbox.release(ids)
         self._failures += 1
-        log.warning("outbox_delivery_failed", reason=outcome.reason, waiting=self.outbox.depth())
+        log.warning("outbox_delivery_failed", reason=outcome.reason, batch=len(ids))
         return False
 
     async def _isolate(self, claimed: list[tuple[int, RecordItem]]) -> None:
@@ -98,23 +110,26 @@ class Deliverer:
         for row_id, item in claimed:
             outcome = await self.client.record_batch([item])
             if isinstance(outcome, Ok):
-                self.outbox.acknowledge([row_id])
+                await self.outbox.acknowledge([row_id])
                 self.delivered += 1
             elif outcome.status in REFUSED_AS_INVALID:
-                self.outbox.dead_letter(row_id, outcome.status)
+                await self.outbox.dead_letter(row_id, outcome.status)
                 log.error("outbox_dead_letter", message_id=item.message_id, status=outcome.status)
-            else:
-                self.outbox.release([row_id])
+            # Otherwise the record stays where it is and goes out with a later batch.
 
     async def _run(self) -> None:
         while True:
+            wait = self.poll if self.outbox.accepting else self.recover_poll
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             if self.linger:
                 await asyncio.sleep(self.linger)  # let a burst of appends share one batch
             try:
+                if time.monotonic() - self._maintained >= wait:
+                    self._maintained = time.monotonic()
+                    await self.outbox.maintain()
                 while await self.deliver_once():
                     pass
             except Exception:  # a disk or bug error must not kill delivery for good

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -15,17 +14,21 @@ from prometheus_client import CollectorRegistry
 from resilience import Pipeline, classify_httpx, log_event
 from servicekit.admission import AdmissionMetrics, AdmissionMiddleware, Limiter
 from servicekit.connections import ConnectionEvents, raise_open_files_limit, watch_accept_errors
+from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
+from servicekit.openapi import edit_openapi, operation_id, set_max_length
 from servicekit.runtime import freeze_startup_objects
-from servicekit.transport import PooledTransport
+from servicekit.transport import AiohttpTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
-from .agent.llm import build_llm
+from .agent.llm import build_llm, log_model_event
 from .analytics_client import AnalyticsClient
 from .api import chat, health, users
+from .api.auth import without_bearer_scheme
 from .api.deps import State
+from .auth import open_authenticator
 from .core.config import Settings
 from .core.metrics import ChatMetrics
 from .delivery import Deliverer
@@ -34,6 +37,12 @@ from .rate_limit import build_rate_limiter
 
 # The work routes: what costs model time and records a message. Everything else is never shed.
 ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat/stream"))
+
+TAGS = [
+    {"name": "chat", "description": "Talk to the agent"},
+    {"name": "users", "description": "The tutorial's user echo, and a user's message count as chat sees it"},
+    {"name": "health", "description": "Welcome, liveness, readiness and dependency states"},
+]
 
 
 def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -62,7 +71,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             http = await resources.enter_async_context(
                 httpx.AsyncClient(
                     base_url=settings.analytics_url,
-                    transport=transport or PooledTransport(max_connections=settings.analytics_max_connections),
+                    transport=transport or AiohttpTransport(max_connections=settings.analytics_max_connections),
                     timeout=httpx.Timeout(1.0),  # every call overrides this with its policy's limits
                 )
             )
@@ -72,24 +81,29 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
                 token=settings.analytics_api_token,
             )
-            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows)
-            outbox.open()
-            resources.callback(outbox.close)
+            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows, reserve_bytes=settings.outbox_reserve_bytes)
+            resources.push_async_callback(outbox.close)
+            # A full disk leaves the outbox unavailable: chat starts, answers 503 to chats and on
+            # /readyz, and the deliverer keeps retrying. A path that can never work raises here.
+            await outbox.open()
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
-            llm = build_llm(settings)
-            resources.push_async_callback(llm.close)
-            limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url)
+            llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics)
+            for endpoint in llm.endpoints:
+                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
+            limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url, prefix=settings.rate_limit_prefix)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
+            authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
             agents = PersonalizedAgents(build_agent(llm.model))
             freeze_startup_objects()
             log.info(
                 "chat_started",
                 llm=llm.provider,
+                llm_endpoints=[endpoint.name for endpoint in llm.endpoints] + (["offline"] if llm.offline_fallback else []),
                 analytics=settings.analytics_url,
-                outbox_depth=outbox.depth(),
+                outbox=outbox.status,
                 open_files_limit=open_files,
                 admission=settings.admission.enabled,
             )
@@ -104,6 +118,7 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
                 "rate_limiter": limiter,
                 "admission": admission,
                 "connection_events": connection_events,
+                "authenticator": authenticator,
             }
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
             # The clients and the outbox are still open here; the stack closes them afterwards.
@@ -115,6 +130,10 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         description="Chat with an agent that knows how many messages you have sent, whatever analytics does.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     # Innermost first: admission sits inside CORS (a shed answer still carries CORS headers) and
     # inside the request context (it gets a request id, an access line and request metrics).
@@ -129,29 +148,20 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         allow_origins=settings.cors_origins,
         allow_credentials="*" not in settings.cors_origins,
         allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    _publish_text_cap(app, settings.max_text_chars)
+    install_offline_docs(app)
+    edit_openapi(
+        app,
+        set_max_length("ChatMessage", "text", settings.max_text_chars),
+        *(() if settings.auth_enabled else (without_bearer_scheme,)),
+    )
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)
     return app
-
-
-def _publish_text_cap(app: FastAPI, limit: int) -> None:
-    """Make the OpenAPI schema state the configured text cap, not the model's hard ceiling."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schema["components"]["schemas"]["Message"]["properties"]["text"]["maxLength"] = limit
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

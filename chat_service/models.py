@@ -1,14 +1,19 @@
-"""Request and response bodies of the chat API (the tutorial's models, hardened)."""
+"""Request and response bodies of the chat API (the tutorial's models, hardened).
+
+The tutorial calls them `Message` and `Response`; the schema names them `ChatMessage` and
+`ChatReply`, because `Response` collides with generated clients' own `Response` type. The JSON
+is the tutorial's.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, RootModel, StringConstraints
 
-from servicekit.validation import UserId
+from servicekit.validation import IsoDatetime, UserId
 
 MAX_TEXT_CHARS = 100_000  # a hard ceiling; CHAT_MAX_TEXT_CHARS sets the working cap below it
 
@@ -30,33 +35,70 @@ def _utc_now() -> datetime:
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+UtcDatetime = Annotated[IsoDatetime, AfterValidator(_as_utc)]
+
+TUTORIAL_MESSAGE: dict[str, JsonValue] = {
+    "user_id": "alice",
+    "text": "Hello, how are you?",
+    "metadata": {"timestamp": "2025-04-06T12:00:00Z", "session_id": "123e4567-e89b-12d3-a456-426614174000"},
+    "tags": ["greeting"],
+}
 
 
 class Metadata(BaseModel):
+    """When the message was sent and the conversation it belongs to."""
+
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: UtcDatetime = Field(default_factory=_utc_now)
-    session_id: SessionId = Field(default_factory=lambda: str(uuid.uuid4()))
+    timestamp: UtcDatetime = Field(
+        default_factory=_utc_now,
+        description="ISO 8601 (an integer is refused); without an offset it is read as UTC. Replies carry UTC.",
+    )
+    session_id: SessionId = Field(
+        default_factory=lambda: str(uuid.uuid4()), description="Echoed in the reply; a new UUID when not given"
+    )
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ChatMessage(BaseModel):
+    """A message to the agent (the tutorial's `Message`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [TUTORIAL_MESSAGE]})
 
     user_id: UserId
     # Blank text answers the tutorial's 400 (not 422), so the pattern is documented, not enforced here.
-    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS), Field(json_schema_extra={"pattern": r"\S"})]
+    text: Annotated[
+        str,
+        StringConstraints(max_length=MAX_TEXT_CHARS),
+        Field(description="What the user says; not blank", json_schema_extra={"pattern": r"\S"}),
+    ]
     metadata: Metadata = Field(default_factory=Metadata)
-    tags: Annotated[list[Tag], Field(max_length=16)] | None = None
+    tags: Annotated[list[Tag], Field(max_length=16, description="At most 16, each 1-64 characters")] | None = None
 
 
-class Response(BaseModel):
+class ReplyMetadata(Metadata):
+    """The message's metadata, echoed; `fallback` appears only on a degraded reply."""
+
+    fallback: Literal["offline"] | None = Field(
+        None, description="'offline' when the offline model answered because no model endpoint could; absent otherwise"
+    )
+
+
+class ChatReply(BaseModel):
+    """The agent's answer (the tutorial's `Response`)."""
+
     user_id: str
-    reply: str
-    metadata: Metadata
+    reply: str = Field(description="The agent's answer, personalized with the user's message count")
+    metadata: ReplyMetadata
+
+
+# The tutorial's names, for code that imports them; the schema and the clients use the names above.
+Message = ChatMessage
+Response = ChatReply
 
 
 class UserInfo(BaseModel):
+    """The tutorial's user echo."""
+
     user_id: str
     role: str
 
@@ -67,3 +109,24 @@ class UserAnalytics(BaseModel):
     user_id: str
     message_count: int
     source: str = Field(description="'analytics', or the fallback reason when analytics did not answer")
+
+
+class Welcome(BaseModel):
+    message: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """`ok`, or `unavailable` with why the outbox cannot take records."""
+
+    status: Literal["ok", "unavailable"]
+    outbox: str | None = Field(
+        None, description="When unavailable: disk_full, at_bound, or the error that keeps the outbox from opening"
+    )
+
+
+class DependencyReport(RootModel[dict[str, Any]]):
+    """Analytics' breakers per pipeline, the outbox, the LLM provider: an open object, for operators."""

@@ -19,6 +19,7 @@ class Sample:
     started: float
     latency: float
     status: int
+    retry_after: bytes | None = None
 
 
 @dataclass
@@ -54,15 +55,18 @@ def chat_request(host: str, body: dict[str, object]) -> bytes:
     return head + payload
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes | None]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
+    retry_after = None
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
+        elif line[:12].lower() == b"retry-after:":
+            retry_after = line[12:].strip()
     body = await reader.readexactly(length) if length else b""
-    return status, body
+    return status, body, retry_after
 
 
 async def run_load(
@@ -95,10 +99,10 @@ async def run_load(
                     counter += 1
                     started = time.monotonic()
                     writer.write(make_request(counter))
-                    status, body = await asyncio.wait_for(_read_response(reader), timeout=30)
+                    status, body, retry_after = await asyncio.wait_for(_read_response(reader), timeout=30)
                     if check is not None and not check(status, body):
                         status = 599
-                    result.samples.append(Sample(started, time.monotonic() - started, status))
+                    result.samples.append(Sample(started, time.monotonic() - started, status, retry_after))
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 result.errors += 1
                 await asyncio.sleep(0.01)

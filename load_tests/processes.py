@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,6 +63,7 @@ class ServiceProcess:
         self.extra_args = extra_args
         self.open_files = open_files  # (soft, hard) RLIMIT_NOFILE for the child, as a smaller host would have
         self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -90,6 +93,12 @@ class ServiceProcess:
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self._drop_metrics_dir()
+        if self.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in env:
+            # Workers share metric values through files in a directory that must start empty
+            # (prometheus_client's multiprocess mode): a fresh one for every run.
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="prometheus-"))
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - None: our terminal
         try:
             limits = None if self.open_files is None else functools.partial(_limit_open_files, self.open_files)
@@ -128,10 +137,18 @@ class ServiceProcess:
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait for a graceful exit (SIGKILL after `timeout`)."""
         if self.process is None or self.process.poll() is not None:
+            self._drop_metrics_dir()
             return self.process.returncode if self.process else None
         self.process.send_signal(signal.SIGCONT)  # a frozen process cannot handle SIGTERM
         self.process.terminate()
-        return self.wait(timeout)
+        code = self.wait(timeout)
+        self._drop_metrics_dir()
+        return code
+
+    def _drop_metrics_dir(self) -> None:
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
 
     def wait(self, timeout: float = 20.0) -> int | None:
         assert self.process is not None

@@ -1,100 +1,143 @@
-"""An asyncio-correct circuit breaker on top of pybreaker.
+"""An asyncio-correct circuit breaker: failure rate over a sliding window, or consecutive failures.
 
-pybreaker cannot await (its `@breaker` on an `async def` counts nothing) and its half-open
-state lets every concurrent caller through. So admission is decided here, on the event loop,
-with an injectable clock and a single half-open probe; each finished attempt's outcome is
-then replayed synchronously through `pybreaker.CircuitBreaker.call`, so pybreaker's own
-counters, thresholds, storage and listeners keep the books.
+Admission is decided on the event loop without awaiting, with an injectable clock and a single
+half-open probe. Two ways to decide when to open (resilience4j's and Polly v8's models):
+
+- `"rate"` (the default): the share of failed attempts over the last `window` seconds, once at
+  least `min_calls` attempts were seen, or `min_calls` failures in a row. A peer that fails 30%
+  of the time keeps the breaker closed (retries absorb that); a peer that is down opens it.
+- `"consecutive"`: `failures` transient failures in a row (pybreaker's and Dapr's model). It
+  reacts after a handful of calls at low traffic, but a flaky peer under load opens it again and
+  again, because some run of failures in a row is bound to happen.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
 from typing import Literal, TypeAlias
-
-import pybreaker
 
 from ._clock import Clock
 from ._events import Event, Hook
 
 State: TypeAlias = Literal["closed", "open", "half-open"]
 Admission: TypeAlias = Literal["pass", "probe", "reject"]
+BreakerMode: TypeAlias = Literal["rate", "consecutive"]
 
-_EVENT_FOR_STATE = {
-    pybreaker.STATE_OPEN: "breaker_opened",
-    pybreaker.STATE_HALF_OPEN: "breaker_half_open",
-    pybreaker.STATE_CLOSED: "breaker_closed",
+_EVENT_FOR_STATE: dict[State, Literal["breaker_opened", "breaker_half_open", "breaker_closed"]] = {
+    "open": "breaker_opened",
+    "half-open": "breaker_half_open",
+    "closed": "breaker_closed",
 }
 
 
-class _TransientFailure(Exception):
-    """Stands in for an attempt's failure while it is replayed into pybreaker."""
+class SlidingWindow:
+    """Attempts and failures over the last `seconds`, kept in `buckets` equal slices.
 
+    Recording costs O(1) (a slice that time has left behind is emptied when the window moves
+    past it); the totals are kept as running sums, so reading the rate is O(1) too.
+    """
 
-def _succeed() -> None:
-    return None
+    def __init__(self, seconds: float, *, buckets: int = 10) -> None:
+        self._width = seconds / buckets
+        self._calls = [0] * buckets
+        self._failures = [0] * buckets
+        self._head = 0  # the absolute number of the newest slice
+        self.calls = 0
+        self.failures = 0
 
+    def record(self, now: float, *, failed: bool) -> None:
+        slot = int(now / self._width)
+        if slot != self._head:
+            self._move_to(slot)
+        index = slot % len(self._calls)
+        self._calls[index] += 1
+        self.calls += 1
+        if failed:
+            self._failures[index] += 1
+            self.failures += 1
 
-def _fail() -> None:
-    raise _TransientFailure
+    def clear(self) -> None:
+        self._calls = [0] * len(self._calls)
+        self._failures = [0] * len(self._failures)
+        self.calls = self.failures = 0
 
-
-class _StateListener(pybreaker.CircuitBreakerListener):
-    def __init__(self, on_change: Callable[[str, str], None]) -> None:
-        self._on_change = on_change
-
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        self._on_change(old_state.name if old_state else "", new_state.name)
+    def _move_to(self, slot: int) -> None:
+        size = len(self._calls)
+        for step in range(self._head + 1, self._head + 1 + min(slot - self._head, size)):
+            index = step % size
+            self.calls -= self._calls[index]
+            self.failures -= self._failures[index]
+            self._calls[index] = self._failures[index] = 0
+        self._head = slot
 
 
 class CircuitBreaker:
-    """Opens after `failures` consecutive transient failures; probes once after `reset`.
+    """Opens on failures, rejects while open, then lets exactly one probe decide after `reset`.
 
     Only what the caller reports as transient counts: a 404 or a cancelled attempt does not.
+    Results of attempts admitted before the breaker opened are stale and change nothing.
     """
 
-    def __init__(self, target: str, *, failures: int, reset: float, clock: Clock, emit: Hook) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        reset: float,
+        clock: Clock,
+        emit: Hook,
+        mode: BreakerMode = "rate",
+        failures: int = 5,
+        window: float = 10.0,
+        min_calls: int = 20,
+        failure_rate: float = 0.5,
+    ) -> None:
         self._target = target
         self._reset = reset
         self._clock = clock
         self._emit = emit
+        self.mode: BreakerMode = mode
+        self._failures = failures
+        self._min_calls = min_calls
+        self._failure_rate = failure_rate
+        self._window = SlidingWindow(window)
+        self._state: State = "closed"
         self._opened_at = 0.0
         self._probe_in_flight = False
-        self._breaker = pybreaker.CircuitBreaker(
-            fail_max=failures,
-            reset_timeout=reset,
-            name=target,
-            listeners=[_StateListener(self._state_changed)],
-        )
+        self._consecutive = 0
 
     @property
     def state(self) -> State:
-        name = self._breaker.current_state
-        if name == pybreaker.STATE_OPEN:
-            return "open"
-        if name == pybreaker.STATE_HALF_OPEN:
-            return "half-open"
-        return "closed"
+        return self._state
+
+    @property
+    def remaining_open(self) -> float:
+        """Seconds until an open breaker lets its half-open probe through; 0 unless open."""
+        if self.state != "open":
+            return 0.0
+        return max(0.0, self._opened_at + self._reset - self._clock.monotonic())
 
     @property
     def consecutive_failures(self) -> int:
-        return self._breaker.fail_counter
+        return self._consecutive
+
+    @property
+    def window_calls(self) -> int:
+        """Attempts counted in the sliding window (rate mode; 0 in consecutive mode)."""
+        return self._window.calls
+
+    @property
+    def failure_rate(self) -> float:
+        """Share of failed attempts in the sliding window (0.0 when it is empty)."""
+        return self._window.failures / self._window.calls if self._window.calls else 0.0
 
     def admit(self) -> Admission:
         """Decide, without awaiting, whether an attempt may go to the network."""
-        state = self.state
+        state = self._state
         if state == "closed":
             return "pass"
         if state == "open":
             if self._clock.monotonic() - self._opened_at < self._reset:
                 return "reject"
-            self._breaker.half_open()
+            self._transition("half-open")
         if self._probe_in_flight:
             return "reject"
         self._probe_in_flight = True
@@ -102,35 +145,57 @@ class CircuitBreaker:
 
     def record_success(self, admission: Admission) -> None:
         """The peer answered (any answer that is not a transient failure)."""
-        if self._counts(admission):
-            self._breaker.call(_succeed)
+        if admission == "probe":  # only the probe moves a breaker out of half-open
+            self._probe_in_flight = False
+            self._transition("closed")
+        elif self._state == "closed":
+            self._consecutive = 0
+            if self.mode == "rate":
+                self._window.record(self._clock.monotonic(), failed=False)
 
     def record_failure(self, admission: Admission) -> None:
         """The attempt failed transiently (timeout, connect error, 5xx, 429)."""
-        if self._counts(admission):
-            with contextlib.suppress(_TransientFailure, pybreaker.CircuitBreakerError):
-                self._breaker.call(_fail)
+        if admission == "probe":
+            self._probe_in_flight = False
+            self._transition("open")
+        elif self._state == "closed":
+            self._consecutive += 1
+            if self.mode == "rate":
+                self._window.record(self._clock.monotonic(), failed=True)
+            if self._tripped():
+                self._transition("open")
 
     def release(self, admission: Admission) -> None:
         """The attempt ended without a verdict (cancelled): free the probe, count nothing."""
         if admission == "probe":
             self._probe_in_flight = False
 
-    def _counts(self, admission: Admission) -> bool:
-        # Only the probe decides a half-open breaker, and nothing that was admitted before the
-        # breaker opened may change an open one: late results of old attempts are stale.
-        if admission == "probe":
-            self._probe_in_flight = False
-            return self.state == "half-open"
-        return self.state == "closed"
-
-    def _state_changed(self, old: str, new: str) -> None:
-        if new == pybreaker.STATE_OPEN:
-            self._opened_at = self._clock.monotonic()
-        self._emit(
-            Event(
-                _EVENT_FOR_STATE[new],  # type: ignore[arg-type]
-                self._target,
-                {"previous": old, "state": new, "reset_after": self._reset},
-            )
+    def _tripped(self) -> bool:
+        if self.mode == "consecutive":
+            return self._consecutive >= self._failures
+        # A run of `min_calls` failures in a row opens it too: a peer that dies after a busy,
+        # healthy spell fails slowly (timeouts), and the window's old successes would outweigh
+        # its failures for seconds. A 30%-flaky peer makes a run of 20 once in ~10^10 attempts.
+        calls = self._window.calls
+        return self._consecutive >= self._min_calls or (
+            calls >= self._min_calls and self._window.failures >= self._failure_rate * calls
         )
+
+    def _transition(self, state: State) -> None:
+        previous, self._state = self._state, state
+        fields: dict[str, object] = {"previous": previous, "state": state, "reset_after": self._reset}
+        if state == "open":
+            self._opened_at = self._clock.monotonic()
+            if previous == "closed":
+                fields.update(
+                    mode=self.mode,
+                    consecutive_failures=self._consecutive,
+                    window_calls=self._window.calls,
+                    failure_rate=round(self.failure_rate, 3),
+                )
+        elif state == "closed":
+            # A recovered peer starts with a clean record: failures from before the outage
+            # must not count against it.
+            self._consecutive = 0
+            self._window.clear()
+        self._emit(Event(_EVENT_FOR_STATE[state], self._target, fields))

@@ -39,6 +39,11 @@ class RetryBudget:
         self._tokens -= 1.0
         return True
 
+    def refund(self) -> None:
+        """Give back a token withdrawn for a retry that did not happen."""
+        self._settle()
+        self._tokens = min(self._capacity, self._tokens + 1.0)
+
     def _settle(self) -> None:
         now = self._clock.monotonic()
         elapsed = now - self._stamp

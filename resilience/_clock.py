@@ -4,22 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
+class Timer(Protocol):
+    """A scheduled callback that can still be called off."""
+
+    def cancel(self) -> None: ...
+
+
 class Clock(Protocol):
-    """What the pipeline needs of time: a monotonic reading and an awaitable sleep."""
+    """What the pipeline needs of time: a reading, a sleep, a timeout and a timer.
+
+    `timeout(seconds)` is an async context manager that cancels its body once `seconds` have
+    passed on this clock and then raises `TimeoutError`, as `asyncio.timeout` does;
+    `call_later(seconds, callback)` runs `callback` on the event loop after `seconds`. Every
+    wait the pipeline makes (backoff, per-attempt timeout, hedge delay) goes through the clock,
+    so a fake clock drives all of them.
+    """
 
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]: ...
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer: ...
+
 
 class SystemClock:
-    """`time.monotonic` and `asyncio.sleep`."""
+    """`time.monotonic`, `asyncio.sleep`, `asyncio.timeout` and the event loop's `call_later`."""
 
     def monotonic(self) -> float:
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout(seconds)
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        return asyncio.get_running_loop().call_later(seconds, callback)

@@ -33,3 +33,14 @@ class FallbackError(ResilienceError):
 
 class InvalidResponseError(ResilienceError):
     """The peer answered, but not with something the caller can use (never retried)."""
+
+
+class Rejected(Exception):
+    """Internal: an attempt that never reached the network (open breaker); ends the retries."""
+
+
+class Unknown(Exception):
+    """Internal: wraps an error the classifier does not know, so the retries stop and it is re-raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -16,6 +16,8 @@ EventName: TypeAlias = Literal[
     "budget_exhausted",
     "bulkhead_rejected",
     "fallback",
+    "hedge_skipped",
+    "hedge_started",
     "retry_scheduled",
 ]
 
@@ -36,6 +38,6 @@ def log_event(event: Event) -> None:
     """The default hook: one structlog line per event (breaker changes at warning level)."""
     logger = structlog.get_logger(component="resilience")
     level = "warning" if event.name.startswith("breaker_") else "info"
-    if event.name in ("attempt_failed", "retry_scheduled"):
+    if event.name in ("attempt_failed", "hedge_skipped", "hedge_started", "retry_scheduled"):
         level = "debug"
     getattr(logger, level)(event.name, target=event.target, **event.fields)

@@ -1,8 +1,7 @@
-"""The pipeline: deadline -> bulkhead -> retry -> circuit breaker -> attempt timeout -> call."""
+"""The pipeline: deadline -> bulkhead -> retry (or hedging) -> circuit breaker -> attempt timeout -> call."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -14,25 +13,22 @@ from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._classify import Classifier, Failure
 from ._clock import Clock, SystemClock
+from ._errors import Rejected as _Rejected
+from ._errors import Unknown as _Unknown
 from ._events import Event, EventName, Hook, log_event
+from ._hedging import hedged
 from ._outcome import Fallback, Ok, Outcome, Reason
 from ._policy import Policy
 
 T = TypeVar("T")
 
 Attempt = Callable[[float], Awaitable[T]]
-"""One attempt; it receives the seconds it may take (already clipped to the deadline)."""
+"""One attempt; it receives the seconds it may take, and is cancelled (TimeoutError) past them.
 
-
-class _Rejected(Exception):
-    """An attempt that never reached the network (open breaker): ends the retries at once."""
-
-
-class _Unknown(Exception):
-    """Wraps an error the classifier does not know, so tenacity stops and we re-raise it."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+That is `policy.timeouts.read` when another attempt could follow this one with as much time,
+and all the time left before the deadline when this is the last attempt the deadline, the
+attempt count and the retry budget allow (or a hedged one, or a half-open breaker's probe).
+"""
 
 
 class Pipeline:
@@ -60,10 +56,14 @@ class Pipeline:
         self._rng = rng or random.Random()
         self.breaker = CircuitBreaker(
             target,
-            failures=policy.breaker_failures,
             reset=policy.breaker_reset,
             clock=self._clock,
             emit=self._emit_event,
+            mode=policy.breaker_mode,
+            failures=policy.breaker_failures,
+            window=policy.breaker_window,
+            min_calls=policy.breaker_min_calls,
+            failure_rate=policy.breaker_failure_rate,
         )
         self.budget = RetryBudget(
             ratio=policy.budget_ratio,
@@ -73,15 +73,23 @@ class Pipeline:
         )
         self.bulkhead = Bulkhead(policy.bulkhead)
 
-    async def call(self, attempt: Attempt[T], *, idempotent: bool = True) -> Outcome[T]:
-        """Run `attempt` under the policy; never raises for a classified failure."""
-        deadline = self._clock.monotonic() + self.policy.deadline
+    async def call(self, attempt: Attempt[T], *, idempotent: bool = True, deadline: float | None = None) -> Outcome[T]:
+        """Run `attempt` under the policy; never raises for a classified failure.
+
+        `deadline` (seconds) shortens this call's deadline below the policy's, for a caller
+        that has less time left than that (a model call inside an agent run, say).
+        """
+        seconds = self.policy.deadline if deadline is None else min(deadline, self.policy.deadline)
+        ends_at = self._clock.monotonic() + seconds
         if not self.bulkhead.try_enter():
             self._emit("bulkhead_rejected", in_flight=self.bulkhead.in_flight)
             return self._fallback(Fallback("bulkhead_full"))
         try:
             self.budget.deposit()
-            return await self._retrying(attempt, deadline, self.policy.attempts if idempotent else 1)
+            attempts = self.policy.attempts if idempotent else 1
+            if self.policy.hedge_delay is not None and attempts > 1:
+                return await hedged(self, attempt, ends_at, attempts)
+            return await self._retrying(attempt, ends_at, attempts)
         finally:
             self.bulkhead.leave()
 
@@ -91,9 +99,10 @@ class Pipeline:
         # attempt 1, so waits, stops and events are exactly those of a tenacity-only loop.
         number = 1
         stop_reason: list[Reason] = []
+        prepaid = [False]  # the retry token a cut attempt paid for up front (see _one_attempt)
         try:
             try:
-                return Ok(await self._one_attempt(attempt, deadline), attempts=1)
+                return Ok(await self._one_attempt(attempt, deadline, 1, attempts, prepaid), attempts=1)
             except Exception as error:
                 if attempts == 1 or not self._is_transient(error):
                     raise
@@ -101,7 +110,7 @@ class Pipeline:
             retrying = tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception(self._is_transient),
                 wait=self._wait,
-                stop=lambda state: self._stop(state, deadline, attempts, stop_reason),
+                stop=lambda state: self._stop(state, deadline, attempts, stop_reason, prepaid),
                 sleep=self._clock.sleep,
                 before_sleep=self._before_sleep,
                 reraise=True,
@@ -111,13 +120,13 @@ class Pipeline:
                 with attempt_manager:
                     if number == 1:
                         raise first_failure
-                    value = await self._one_attempt(attempt, deadline)
+                    value = await self._one_attempt(attempt, deadline, number, attempts, prepaid)
             return Ok(value, attempts=number)
         except _Unknown as unknown:
             raise unknown.error from None
         except _Rejected:
             return self._fallback(Fallback("breaker_open", attempts=number - 1))
-        except Exception as error:  # only classified failures get here (see _one_attempt)
+        except Exception as error:  # only classified failures get here (see _judged)
             return self._failed(error, number, stop_reason[0] if stop_reason else None)
 
     def _failed(self, error: Exception, attempts: int, stop_reason: Reason | None) -> Fallback:
@@ -125,30 +134,62 @@ class Pipeline:
         assert failure is not None
         return self._fallback(Fallback(stop_reason or failure.reason, attempts=attempts, error=error, status=failure.status))
 
-    async def _one_attempt(self, attempt: Attempt[T], deadline: float) -> T:
+    async def _one_attempt(self, attempt: Attempt[T], deadline: float, number: int, attempts: int, prepaid: list[bool]) -> T:
         admission = self.breaker.admit()
         if admission == "reject":
             raise _Rejected
         remaining = deadline - self._clock.monotonic()
+        cap = self.policy.timeouts.read
+        # Cut this attempt at `cap` only if a retry could still get a full `cap` after it; the
+        # last attempt gets all the time left: a peer that answers in 0.3 s is slow, not down.
+        # The retry's token is taken now, so concurrent calls cannot spend it while we wait:
+        # an attempt is cut only for a retry that will happen.
+        if not (
+            admission == "pass"
+            and number < attempts
+            and remaining - cap - self._backoff_ceiling(number) >= cap
+            and self.budget.try_withdraw()
+        ):
+            return await self._judged(attempt, admission, remaining)
+        prepaid[0] = True
         try:
-            async with asyncio.timeout(remaining):
-                value = await attempt(remaining)
-        except asyncio.CancelledError:
-            self.breaker.release(admission)
+            value = await self._judged(attempt, admission, cap, capped=True)
+        except BaseException as error:
+            if not self._is_transient(error):  # no retry follows: an answer, a bug, or cancelled
+                self._refund(prepaid)
             raise
-        except Exception as error:
-            self._judge(error, admission)
+        self._refund(prepaid)
+        return value
+
+    def _refund(self, prepaid: list[bool]) -> None:
+        prepaid[0] = False
+        self.budget.refund()
+
+    async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float, *, capped: bool = False) -> T:
+        """Run one admitted attempt within `allowed` seconds and report it to the breaker."""
+        try:
+            async with self._clock.timeout(allowed):
+                value = await attempt(allowed)
+        except BaseException as error:
+            if not isinstance(error, Exception):  # cancelled: the caller gave up, no verdict
+                self.breaker.release(admission)
+                raise
+            self._judge(error, admission, capped)
             raise
         self.breaker.record_success(admission)
         return value
 
-    def _judge(self, error: Exception, admission: Admission) -> None:
+    def _judge(self, error: Exception, admission: Admission, capped: bool) -> None:
         failure = self._classify(error)
         if failure is None:
             self.breaker.release(admission)
             raise _Unknown(error) from error
         self._emit("attempt_failed", reason=failure.reason, status=failure.status, error=type(error).__name__)
-        if failure.transient:
+        if capped and failure.reason == "timeout":
+            # We cut this attempt short to leave a retry room: that says the peer is slow, not
+            # that it is down. The attempt that gets all the time left will give the verdict.
+            self.breaker.release(admission)
+        elif failure.transient:
             self.breaker.record_failure(admission)
         else:
             self.breaker.record_success(admission)
@@ -159,33 +200,55 @@ class Pipeline:
         failure = self._classify(error)
         return failure is not None and failure.transient
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
+    def _backoff_ceiling(self, number: int) -> float:
+        return min(self.policy.backoff_max, self.policy.backoff_initial * 2.0 ** (number - 1))
+
+    def _backoff(self, number: int, failure: Failure | None) -> float:
         # Full jitter (AWS): uniform in [0, min(max, initial * 2**n)], but never sooner than
         # the peer's Retry-After.
-        ceiling = min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** (state.attempt_number - 1))
-        delay = self._rng.uniform(0, ceiling)
-        failure = self._failure_of(state)
+        delay = self._rng.uniform(0, self._backoff_ceiling(number))
         if failure is not None and failure.retry_after is not None:
             delay = max(delay, failure.retry_after)
         return delay
 
-    def _stop(self, state: tenacity.RetryCallState, deadline: float, attempts: int, why: list[Reason]) -> bool:
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        return self._backoff(state.attempt_number, self._failure_of(state))
+
+    def _stop(
+        self, state: tenacity.RetryCallState, deadline: float, attempts: int, why: list[Reason], prepaid: list[bool]
+    ) -> bool:
         if state.attempt_number >= attempts:
             return True
+        paid = prepaid[0]
+        stop, reason = self._refuse_retry(self._failure_of(state), deadline, state.upcoming_sleep, paid=paid)
+        if stop and paid:
+            self._refund(prepaid)
+        prepaid[0] = False
+        if reason is not None:
+            why.append(reason)
+        return stop
+
+    def _refuse_retry(
+        self, failure: Failure | None, deadline: float, sleep: float, *, paid: bool = False
+    ) -> tuple[bool, Reason | None]:
+        """Whether to stop instead of starting another attempt after `sleep` seconds, and why.
+
+        The retry budget is spent only when everything else lets the retry go ahead (and not
+        at all when the attempt before it already `paid`).
+        """
         if self.breaker.state == "open":
-            why.append("breaker_open")
-            return True  # an open breaker ends the retries at once, without a backoff sleep
-        failure = self._failure_of(state)
-        if failure is not None and failure.retry_after is not None and failure.retry_after > self.policy.retry_after_max:
-            return True  # the peer asked for more patience than a chat request has
-        if self._clock.monotonic() + state.upcoming_sleep >= deadline:
-            why.append("deadline")
-            return True
-        if not self.budget.try_withdraw():
-            why.append("budget_exhausted")
+            return True, "breaker_open"  # an open breaker ends the retries at once, without a backoff sleep
+        if self._asks_too_much(failure):
+            return True, None  # the peer asked for more patience than this call has
+        if self._clock.monotonic() + sleep >= deadline:
+            return True, "deadline"
+        if not paid and not self.budget.try_withdraw():
             self._emit("budget_exhausted", tokens=self.budget.tokens)
-            return True
-        return False
+            return True, "budget_exhausted"
+        return False, None
+
+    def _asks_too_much(self, failure: Failure | None) -> bool:
+        return failure is not None and failure.retry_after is not None and failure.retry_after > self.policy.retry_after_max
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         self._emit("retry_scheduled", attempt=state.attempt_number, sleep=round(state.upcoming_sleep, 4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -41,9 +42,16 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
     Called from each app's lifespan, so importing a service never touches global logging.
     """
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    pid = os.getpid()  # each worker configures its own logging: which worker wrote a line
+
+    def add_pid(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        event.setdefault("pid", pid)
+        return event
+
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        add_pid,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,

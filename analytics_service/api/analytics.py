@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
 
+from servicekit.openapi import responses
 from servicekit.validation import UserId
 
 from ..models import Analytics, BatchResult, RecordBatch, Recorded, RecordMessage
 from ..storage import StoreRecord
 from .deps import Authorized, MetricsDep, SettingsDep, StoreDep
 
-router = APIRouter(dependencies=[Authorized])
+# 401 only when ANALYTICS_API_TOKEN is set; the schema then declares the bearer scheme too (main.py).
+# 503 (with Retry-After) on every route while the database is unavailable.
+router = APIRouter(
+    tags=["analytics"],
+    dependencies=[Authorized],
+    responses=responses(503, descriptions={503: "The database is unavailable; retry after the Retry-After seconds"}),
+)
 UserPath = Annotated[UserId, Path()]
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "User not found", "content": {"application/json": {"example": {"detail": "User not found"}}}}
-}
+UNAUTHORIZED = {401: "ANALYTICS_API_TOKEN is set and the bearer token is missing or wrong"}
 
 
 def _count_outcomes(metrics: MetricsDep, results: list[Recorded]) -> None:
@@ -26,7 +30,12 @@ def _count_outcomes(metrics: MetricsDep, results: list[Recorded]) -> None:
     metrics.records.inc(len(results) - duplicates)
 
 
-@router.get("/analytics/{user_id}", response_model=Analytics, responses=NOT_FOUND)
+@router.get(
+    "/analytics/{user_id}",
+    response_model=Analytics,
+    summary="A user's message count",
+    responses=responses(401, 404, 422, descriptions={**UNAUTHORIZED, 404: "User not found: no message recorded for this user"}),
+)
 async def get_analytics(store: StoreDep, user_id: UserPath) -> Analytics:
     """Return how many messages the user has sent."""
     count = await store.count(user_id)
@@ -35,7 +44,12 @@ async def get_analytics(store: StoreDep, user_id: UserPath) -> Analytics:
     return Analytics(message_count=count)
 
 
-@router.post("/analytics/{user_id}/messages", response_model=Analytics)
+@router.post(
+    "/analytics/{user_id}/messages",
+    response_model=Analytics,
+    summary="Record one message",
+    responses=responses(401, 413, 422, descriptions=UNAUTHORIZED),
+)
 async def record_message(store: StoreDep, metrics: MetricsDep, body: RecordMessage, user_id: UserPath) -> Analytics:
     """Count one message; recording the same message_id again changes nothing."""
     [result] = await store.record([StoreRecord(user_id, body.message_id, body.timestamp.isoformat())])
@@ -43,7 +57,14 @@ async def record_message(store: StoreDep, metrics: MetricsDep, body: RecordMessa
     return Analytics(message_count=result.message_count)
 
 
-@router.post("/messages/batch", response_model=BatchResult)
+@router.post(
+    "/messages/batch",
+    response_model=BatchResult,
+    summary="Record a batch of messages",
+    responses=responses(
+        401, 413, 422, descriptions={**UNAUTHORIZED, 413: "Over ANALYTICS_MAX_BODY_BYTES or ANALYTICS_MAX_BATCH"}
+    ),
+)
 async def record_batch(store: StoreDep, metrics: MetricsDep, settings: SettingsDep, body: RecordBatch) -> BatchResult:
     """Count many messages in one transaction; each message_id counts once per user."""
     if len(body.items) > settings.max_batch:

@@ -4,26 +4,35 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from servicekit.metrics import exposition
+from servicekit.openapi import responses
+
+from ..models import Health, Readiness, Welcome
 from .deps import MetricsDep, StoreDep
 
-router = APIRouter()
+router = APIRouter(tags=["health"])
 
 
-@router.get("/")
+@router.get("/", response_model=Welcome, summary="Welcome")
 async def root() -> dict[str, str]:
     """Greet and point at the API docs."""
     return {"message": "Welcome to the DACA Analytics Service! Access /docs for the API documentation."}
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers (no dependency is checked)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "The database does not answer"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness",
+    responses=responses(503, models={503: Readiness}, descriptions={503: "The database does not answer"}),
+)
 async def readyz(store: StoreDep) -> JSONResponse:
     """Readiness: the database answers a query."""
     try:
@@ -36,4 +45,4 @@ async def readyz(store: StoreDep) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(registry: MetricsDep) -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(registry.registry), media_type=CONTENT_TYPE_LATEST)

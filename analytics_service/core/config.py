@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Request bodies over this answer 413")
     cors_origins: list[str] = Field(["http://localhost:3000", "http://localhost:8000"])
     postgres_pool_size: int = Field(10, ge=1)
+    database_timeout: float = Field(1.0, gt=0, description="Seconds to connect, or to wait for a connection or SQLite's lock")
+    database_statement_timeout: float = Field(2.0, gt=0, description="Seconds one PostgreSQL statement may take")
+    database_failures: int = Field(3, ge=1, description="Outage errors in a row after which requests are refused at once")
+    database_retry_after: float = Field(2.0, gt=0, description="Seconds between probes of a database that is down")
     log_level: str = "INFO"
 
     log_format: LogFormat = "auto"

@@ -9,16 +9,20 @@ from __future__ import annotations
 from .base import RecordResult, Store, StoreRecord
 
 
-def open_store(url: str, *, pool_size: int = 10) -> Store:
-    """Pick the backend by URL scheme (the connection itself opens in `Store.start`)."""
+def open_store(url: str, *, pool_size: int = 10, timeout: float = 1.0, statement_timeout: float = 2.0) -> Store:
+    """Pick the backend by URL scheme (the connection itself opens in `Store.start`).
+
+    `timeout` bounds connecting and waiting for a pooled connection (PostgreSQL) or for the
+    write lock (SQLite); `statement_timeout` each PostgreSQL statement.
+    """
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
-        return SqliteStore(url.removeprefix("sqlite:///"))
+        return SqliteStore(url.removeprefix("sqlite:///"), timeout=timeout)
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, timeout=timeout, statement_timeout=statement_timeout)
     raise ValueError("database URL must start with sqlite:/// or postgresql://")
 
 

@@ -24,6 +24,10 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
+    def is_unavailable(self, error: BaseException) -> bool:
+        """True when `error` means the database cannot serve now (an outage), not a bug."""
+        ...
+
     async def count(self, user_id: str) -> int | None:
         """The user's message count, or None for a user with no messages."""
         ...

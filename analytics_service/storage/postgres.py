@@ -8,6 +8,18 @@ import asyncpg
 
 from .base import RecordResult, StoreRecord
 
+# What a database outage looks like from asyncpg: the connection (08xxx), a server shutting down
+# or in recovery (57xxx), out of connections, memory or disk (53xxx), a transaction the server
+# rolled back that a later try would pass (40xxx), sockets, and our own timeouts.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    OSError,
+    TimeoutError,
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     user_id TEXT NOT NULL,
@@ -43,10 +55,22 @@ COUNT = "SELECT message_count FROM user_counts WHERE user_id = $1"
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, pool_size: int) -> None:
+    """Every wait is bounded: connecting, acquiring a pooled connection, and each statement.
+
+    A dead or blackholed server then fails a request within `timeout` (acquire, connect) or
+    `statement_timeout`, instead of holding it until the client gives up.
+    """
+
+    def __init__(self, url: str, *, pool_size: int, timeout: float = 1.0, statement_timeout: float = 2.0) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.timeout = timeout
+        self.statement_timeout = statement_timeout
         self._pool: asyncpg.Pool | None = None
+
+    @staticmethod
+    def is_unavailable(error: BaseException) -> bool:
+        return isinstance(error, _UNAVAILABLE)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -54,8 +78,14 @@ class PostgresStore:
         return self._pool
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
-        async with self.pool.acquire() as conn, conn.transaction():
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.timeout,  # to connect
+            command_timeout=self.statement_timeout,
+        )
+        async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             await conn.execute(SCHEMA)
 
@@ -65,17 +95,20 @@ class PostgresStore:
             self._pool = None
 
     async def ping(self) -> None:
-        await self.pool.fetchval("SELECT 1")
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            await conn.fetchval("SELECT 1")
 
     async def count(self, user_id: str) -> int | None:
-        value = await self.pool.fetchval(COUNT, user_id)
+        # pool.fetchval() would wait for a connection without a limit: acquire with one.
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            value = await conn.fetchval(COUNT, user_id)
         return None if value is None else int(value)
 
     async def record(self, records: Sequence[StoreRecord]) -> list[RecordResult]:
         # Lock counters in one global order, so two batches naming the same users cannot deadlock.
         order = sorted(range(len(records)), key=lambda i: (records[i].user_id, records[i].message_id))
         results: list[RecordResult | None] = [None] * len(records)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire(timeout=self.timeout) as conn, conn.transaction():
             for index in order:
                 record = records[index]
                 row = await conn.fetchrow(RECORD, record.user_id, record.message_id, record.timestamp)

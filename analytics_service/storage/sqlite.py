@@ -13,6 +13,11 @@ from .base import RecordResult, StoreRecord
 
 T = TypeVar("T")
 
+# SQLite's primary result codes that mean "the database cannot serve now", not "this is a bug":
+# BUSY and LOCKED (another writer held on past busy_timeout), NOMEM, READONLY (say, a disk
+# remounted read-only), IOERR, FULL, CANTOPEN (the file or its folder is gone) and PROTOCOL.
+_UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     user_id TEXT NOT NULL,
@@ -36,8 +41,9 @@ class SqliteStore:
     in WAL mode a reader never waits for a writer, and a thread hop would cost ten times more.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, timeout: float = 1.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout  # how long a write waits for another process's write lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -53,7 +59,7 @@ class SqliteStore:
         def open_db() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(f"PRAGMA busy_timeout = {round(self.timeout * 1000)}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
@@ -61,6 +67,10 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
         self._reader = sqlite3.connect(self.path, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout = 100")
+
+    @staticmethod
+    def is_unavailable(error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and (error.sqlite_errorcode & 0xFF) in _UNAVAILABLE_CODES
 
     async def close(self) -> None:
         if self._reader is not None:

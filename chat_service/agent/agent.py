@@ -5,6 +5,7 @@ from __future__ import annotations
 from agents import Agent, Model, function_tool
 
 from .tools import ChatContext, get_current_time, get_user_analytics
+from .wording import messages_phrase
 
 BASE_INSTRUCTIONS = (
     "You are a helpful chatbot. Respond to user messages in a friendly and informative way. "
@@ -26,7 +27,8 @@ def personalized(agent: Agent[ChatContext], message_count: int) -> Agent[ChatCon
     """A copy carrying this user's count; the shared agent (and its tools list) stays untouched."""
     return agent.clone(
         instructions=(
-            f"{BASE_INSTRUCTIONS} The user has sent {message_count} messages so far, so personalize your response accordingly."
+            f"{BASE_INSTRUCTIONS} The user has sent {messages_phrase(message_count)} so far, "
+            "so personalize your response accordingly."
         )
     )
 

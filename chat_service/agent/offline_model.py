@@ -2,7 +2,7 @@
 
 It reads the count from the instructions it is given (so personalization is real, not faked),
 calls `get_current_time` when asked for the time and `get_user_analytics` when asked about
-the user's messages, and always states the count as "N messages".
+the user's messages, and always states the count ("1 message", "N messages").
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
-_COUNT = re.compile(r"has sent (\d+) messages")
+from .wording import messages_phrase
+
+_COUNT = re.compile(r"has sent (\d+) messages?")
 _TIME_QUESTION = re.compile(r"\b(time|clock|o'clock)\b", re.IGNORECASE)
 _ANALYTICS_QUESTION = re.compile(r"\b(analytics|stats|statistics|how many messages)\b", re.IGNORECASE)
 
@@ -83,7 +85,7 @@ def reply_for(instructions: str | None, items: list[Any], tool_names: set[str]) 
         return _tool_call("get_current_time")
     if _ANALYTICS_QUESTION.search(text) and "get_user_analytics" in tool_names and "get_user_analytics" not in outputs:
         return _tool_call("get_user_analytics")
-    parts = [f"Hello! You have sent {count} messages so far."]
+    parts = [f"Hello! You have sent {messages_phrase(count)} so far."]
     if "get_current_time" in outputs:
         parts.append(f"The current time is {outputs['get_current_time']}.")
     if "get_user_analytics" in outputs:

@@ -1,14 +1,16 @@
-"""One agent run under a whole-run deadline, with every LLM failure mapped to a clear status."""
+"""One agent run under a whole-run deadline, with every model failure mapped to a clear status."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
-import openai
 from agents import Agent, AgentsException, RunConfig, Runner
 
 from servicekit.logging import get_logger
 
+from .model_errors import ModelCallError
+from .resilient_model import model_run_scope
 from .tools import ChatContext
 
 log = get_logger("llm")
@@ -25,6 +27,14 @@ class LLMFailure(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The agent's answer; `offline` when the offline model gave it because no endpoint could."""
+
+    text: str
+    offline: bool = False
+
+
 async def run_agent(
     agent: Agent[ChatContext],
     text: str,
@@ -33,29 +43,24 @@ async def run_agent(
     run_config: RunConfig,
     deadline: float,
     max_turns: int,
-) -> str:
+) -> Reply:
     try:
-        async with asyncio.timeout(deadline):
-            result = await Runner.run(agent, input=text, context=context, run_config=run_config, max_turns=max_turns)
+        with model_run_scope(deadline) as scope:
+            async with asyncio.timeout(deadline):
+                result = await Runner.run(agent, input=text, context=context, run_config=run_config, max_turns=max_turns)
     except TimeoutError:
         raise LLMFailure(504, "The model did not answer in time", "deadline") from None
-    except openai.APITimeoutError:
-        raise LLMFailure(504, "The model provider timed out", "timeout") from None
-    except openai.RateLimitError as error:
-        retry_after = error.response.headers.get("retry-after")
-        raise LLMFailure(503, "The model provider is rate limiting us", "rate_limited", retry_after) from None
-    except openai.APIConnectionError:
-        raise LLMFailure(503, "The model provider cannot be reached", "connect") from None
-    except openai.APIStatusError as error:
-        raise LLMFailure(502, f"The model provider answered {error.status_code}", "status") from None
-    except (AgentsException, openai.OpenAIError):
+    except ModelCallError as error:
+        retry_after = str(error.retry_after) if error.retry_after is not None else None
+        raise LLMFailure(error.status, error.detail, error.kind, retry_after) from None
+    except AgentsException:
         raise LLMFailure(502, "The model gave an answer we cannot use", "invalid") from None
     except Exception:
-        # SDKs fail in arbitrary ways on malformed provider replies (the openai client raises
-        # AttributeError on a non-JSON body). Keep the traceback in our log, not in the reply.
+        # A bug, or an SDK failing in a way nobody classified. Keep the traceback in our log,
+        # not in the reply.
         log.exception("llm_unexpected_error")
         raise LLMFailure(502, "The model gave an answer we cannot use", "invalid") from None
     reply = result.final_output
     if not isinstance(reply, str) or not reply.strip():
         raise LLMFailure(502, "The model gave an empty answer", "empty")
-    return reply
+    return Reply(reply, offline=scope.answered_offline)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from agents import RunContextWrapper
 
 from ..analytics_client import AnalyticsClient
+from .wording import messages_phrase
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,4 +29,4 @@ async def get_user_analytics(ctx: RunContextWrapper[ChatContext]) -> str:
     count = await ctx.context.analytics.message_count(ctx.context.user_id)
     if count.fallback is not None:
         return f"analytics is unavailable right now ({count.fallback}); counting 0 messages"
-    return f"{count.value} messages"
+    return messages_phrase(count.value)

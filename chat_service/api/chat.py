@@ -1,8 +1,7 @@
-"""POST /chat/: the tutorial's endpoint, made safe under concurrency and failure."""
+"""POST /chat/ (and /chat): the tutorial's endpoint, made safe under concurrency and failure."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 
@@ -11,30 +10,32 @@ from fastapi import APIRouter, HTTPException, Request
 
 from servicekit.admission import commit_reply
 from servicekit.logging import get_logger
+from servicekit.openapi import responses
 
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
 from ..analytics_client import RecordItem
-from ..models import Message, Metadata, Response
-from ..outbox import OutboxFull
+from ..core.metrics import ChatMetrics
+from ..models import ChatMessage, ChatReply, ReplyMetadata
+from ..outbox import OutboxRefused
+from .auth import AUTH_DESCRIPTIONS, CallerDep, acting_user
 from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
 
-router = APIRouter()
+router = APIRouter(tags=["chat"])
 log = get_logger("chat")
 
-
-def _error(description: str) -> dict[str, object]:
-    return {"description": description, "content": {"application/json": {"example": {"detail": description}}}}
-
-
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: _error("Message text cannot be empty"),
-    413: _error("Request body too large"),
-    429: _error("Too many messages; retry after the Retry-After seconds"),
-    502: _error("The model gave an answer we cannot use"),
-    503: _error("The model provider, or the local outbox, is unavailable"),
-    504: _error("The model did not answer in time"),
-}
+ERRORS = responses(
+    *(400, 401, 403, 413, 422, 429, 502, 503, 504),
+    descriptions={
+        **AUTH_DESCRIPTIONS,
+        400: "The message text is blank",
+        429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
+        502: "The model gave an answer we cannot use",
+        503: "The model provider, the local outbox, or the identity provider's keys are unavailable; "
+        "retry after Retry-After when given",
+        504: "The model did not answer within CHAT_RUN_DEADLINE",
+    },
+)
 
 
 def _text_too_long(limit: int) -> HTTPException:
@@ -43,10 +44,21 @@ def _text_too_long(limit: int) -> HTTPException:
     )
 
 
-@router.post("/chat/", response_model=Response, responses=ERRORS)
+def _outbox_refused(reason: str, metrics: ChatMetrics) -> HTTPException:
+    metrics.outbox_refused.labels(reason).inc()
+    log.error("outbox_refused", reason=reason)
+    return HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"})
+
+
+@router.post(
+    "/chat/", response_model=ChatReply, response_model_exclude_none=True, summary="Chat with the agent", responses=ERRORS
+)
+# The same, without the slash (no redirect). `fallback` appears in a reply's metadata only when set.
+@router.post("/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False)
 async def chat(
     request: Request,
-    message: Message,
+    message: ChatMessage,
+    caller: CallerDep,
     settings: SettingsDep,
     analytics: AnalyticsDep,
     agents: AgentsDep,
@@ -55,15 +67,18 @@ async def chat(
     deliverer: DelivererDep,
     metrics: MetricsDep,
     limiter: RateLimiterDep,
-) -> Response:
+) -> ChatReply:
     """Answer a message, personalized with how many messages the user sent before it."""
+    user_id = acting_user(caller, message.user_id)
     if not message.text.strip():
         raise HTTPException(400, "Message text cannot be empty")
     if len(message.text) > settings.max_text_chars:
         raise _text_too_long(settings.max_text_chars)
-    structlog.contextvars.bind_contextvars(user_id=message.user_id)
+    structlog.contextvars.bind_contextvars(user_id=user_id)
+    if not outbox.accepting:  # refuse before the model runs: its answer could not be recorded
+        raise _outbox_refused(outbox.reason, metrics)
     if limiter is not None:
-        decision = await limiter.hit(message.user_id)
+        decision = await limiter.hit(user_id)
         if not decision.allowed:
             raise HTTPException(429, "Too many messages", headers={"Retry-After": str(decision.retry_after)})
 
@@ -92,9 +107,11 @@ async def chat(
 
     commit_reply(request)  # from here the reply is recorded and sent, even if the client leaves
     try:
-        outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
-    except (OutboxFull, sqlite3.Error) as error:
-        log.error("outbox_refused", error=type(error).__name__)
-        raise HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"}) from None
+        await outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
+    except OutboxRefused as refused:
+        raise _outbox_refused(refused.reason, metrics) from None
     deliverer.notify()
-    return Response(user_id=message.user_id, reply=reply, metadata=Metadata(session_id=message.metadata.session_id))
+    if reply.offline:
+        metrics.llm_offline_replies.inc()
+    metadata = ReplyMetadata(session_id=message.metadata.session_id, fallback="offline" if reply.offline else None)
+    return ChatReply(user_id=message.user_id, reply=reply.text, metadata=metadata)

@@ -12,6 +12,7 @@ from servicekit.connections import ConnectionEvents
 from ..agent.agent import PersonalizedAgents
 from ..agent.llm import LLM
 from ..analytics_client import AnalyticsClient
+from ..auth import Authenticator
 from ..core.config import Settings
 from ..core.metrics import ChatMetrics
 from ..delivery import Deliverer
@@ -30,6 +31,7 @@ class State(TypedDict):
     rate_limiter: RateLimiter | None
     admission: Limiter | None
     connection_events: ConnectionEvents
+    authenticator: Authenticator | None
 
 
 async def get_settings(request: Request) -> Settings:
@@ -64,6 +66,10 @@ async def get_rate_limiter(request: Request) -> RateLimiter | None:
     return request.state.rate_limiter  # type: ignore[no-any-return]
 
 
+async def get_authenticator(request: Request) -> Authenticator | None:
+    return request.state.authenticator  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
 AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
@@ -72,3 +78,4 @@ LLMDep = Annotated[LLM, Depends(get_llm)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
 RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]
+AuthenticatorDep = Annotated[Authenticator | None, Depends(get_authenticator)]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 
+from ..metrics import gauge
 from ._limiter import Limiter
 
 
@@ -11,14 +12,22 @@ class AdmissionMetrics:
     """Gauges read the limiter when scraped (`bind` it in the lifespan); counters come from `on_event`."""
 
     def __init__(self, registry: CollectorRegistry, *, prefix: str) -> None:
-        self.in_flight = Gauge(f"{prefix}_admission_in_flight", "Admitted requests running", registry=registry)
-        self.limit = Gauge(f"{prefix}_admission_limit", "Current adaptive concurrency limit", registry=registry)
-        self.queued = Gauge(f"{prefix}_admission_queued", "Requests waiting for a slot", registry=registry)
-        self.min_latency = Gauge(
-            f"{prefix}_admission_min_latency_seconds", "Latency without load, as last measured", registry=registry
+        # Limits are per process: under --workers the sums and per-worker series say so. (The
+        # multiprocess collector cannot call functions: there these gauges show only one process.)
+        self.in_flight = gauge(f"{prefix}_admission_in_flight", "Admitted requests running", registry=registry, mode="livesum")
+        self.limit = gauge(f"{prefix}_admission_limit", "Current adaptive concurrency limit", registry=registry, mode="liveall")
+        self.queued = gauge(f"{prefix}_admission_queued", "Requests waiting for a slot", registry=registry, mode="livesum")
+        self.min_latency = gauge(
+            f"{prefix}_admission_min_latency_seconds",
+            "Latency without load, as last measured",
+            registry=registry,
+            mode="liveall",
         )
-        self.loop_lag = Gauge(
-            f"{prefix}_event_loop_lag_seconds", "Worst lateness of the loop's timers in the last update", registry=registry
+        self.loop_lag = gauge(
+            f"{prefix}_event_loop_lag_seconds",
+            "Worst lateness of the loop's timers in the last update",
+            registry=registry,
+            mode="livemax",
         )
         self.shed = Counter(
             f"{prefix}_admission_shed_total",

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +14,8 @@ from analytics_service.core.config import Settings as AnalyticsSettings
 from analytics_service.main import create_app as create_analytics
 from chat_service.core.config import Settings
 from chat_service.main import create_app
+from load_tests.fake_model import fake_model_process, fake_stats, switch
+from load_tests.processes import ServiceProcess
 
 MESSAGE = {
     "user_id": "alice",
@@ -75,3 +79,70 @@ async def chat(tmp_path, analytics_transport) -> AsyncIterator[httpx.AsyncClient
 def chat_with(tmp_path) -> Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]:
     """Chat in front of any transport, with settings overridden."""
     return lambda transport, **overrides: running_chat(tmp_path, transport, **overrides)
+
+
+@dataclass
+class FakeModel:
+    """A fake OpenAI-compatible server (a real uvicorn process) that tests switch between behaviours."""
+
+    process: ServiceProcess
+
+    @property
+    def base_url(self) -> str:
+        return self.process.url + "/v1"
+
+    def switch(self, **change: object) -> None:
+        switch(self.process.url, **change)
+
+    @property
+    def requests(self) -> int:
+        return int(fake_stats(self.process.url)["requests"])
+
+    def seen(self) -> list[dict[str, Any]]:
+        return httpx.get(self.process.url + "/requests", timeout=5).json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def fake_model_servers(tmp_path_factory) -> Iterator[tuple[FakeModel, FakeModel]]:
+    logs = tmp_path_factory.mktemp("fake-models")
+    processes = [fake_model_process(name, log_path=logs / f"{name}.log") for name in ("primary", "fallback")]
+    try:
+        for process in processes:
+            process.start(wait=0)  # both import at once
+        for process in processes:
+            process.wait_ready()
+        yield FakeModel(processes[0]), FakeModel(processes[1])
+    finally:
+        for process in processes:
+            process.stop()
+
+
+@pytest.fixture
+def models(fake_model_servers) -> tuple[FakeModel, FakeModel]:
+    """The primary and fallback fake models, both answering at once, their counters zeroed."""
+    for fake in fake_model_servers:
+        fake.switch(mode="ok", think=0.0, retry_after=None)
+        httpx.post(fake.process.url + "/stats/reset", timeout=5).raise_for_status()
+    return fake_model_servers
+
+
+def model_settings(
+    models: tuple[FakeModel, FakeModel], *, fallback: bool = True, offline: bool = False, **extra: object
+) -> dict[str, object]:
+    """Chat settings for a primary and (optionally) a fallback fake model, and the offline last resort."""
+    primary, second = models
+    chain: list[object] = []
+    if fallback:
+        chain.append({"base_url": second.base_url, "model": "fallback-model", "api_key": "sk-fallback-secret"})
+    if offline:
+        chain.append("offline")
+    return {
+        "llm_provider": "auto",
+        "openai_api_key": "sk-test-secret",
+        "openai_base_url": primary.base_url,
+        "model": "primary-model",
+        "llm_timeout": 1.0,
+        "llm_fallbacks": chain,
+        "llm_policy": {"backoff_initial": 0.01, "backoff_max": 0.05},
+        **extra,
+    }

@@ -42,9 +42,12 @@ async def test_counts_grow_by_one_per_chat(chat):
     assert (await chat.get("/users/bob/analytics")).json() == {"user_id": "bob", "message_count": 7, "source": "analytics"}
 
 
-async def test_a_new_user_starts_at_zero(chat):
+async def test_a_new_user_starts_at_zero_and_then_has_1_message(chat):
     reply = (await chat.post("/chat/", json={"user_id": "newcomer", "text": "hi"})).json()["reply"]
     assert "0 messages" in reply
+    await drained(chat)
+    reply = (await chat.post("/chat/", json={"user_id": "newcomer", "text": "what are my stats?"})).json()["reply"]
+    assert reply == "Hello! You have sent 1 message so far. Analytics says: 1 message."
 
 
 async def test_time_questions_use_the_tool(chat):

@@ -53,7 +53,7 @@ async def test_the_breaker_opens_and_then_calls_skip_the_network(chat_with):
             calls += 1
         return httpx.Response(503)
 
-    async with chat_with(httpx.MockTransport(failing), analytics_read={"breaker_failures": 3, "attempts": 1}) as chat:
+    async with chat_with(httpx.MockTransport(failing), analytics_read={"breaker_min_calls": 3, "attempts": 1}) as chat:
         for _ in range(10):
             assert (await chat.post("/chat/", json={"user_id": "alice", "text": "hi"})).status_code == 200
         health = (await chat.get("/health/dependencies")).json()
@@ -73,7 +73,7 @@ async def test_records_wait_in_the_outbox_until_analytics_returns(tmp_path, chat
         async with chat_with(httpx.MockTransport(flaky), analytics_record={"breaker_reset": 0.05}) as chat:
             for _ in range(5):
                 assert (await chat.post("/chat/", json={"user_id": "alice", "text": "hi"})).status_code == 200
-            await asyncio.sleep(0.1)
+            await delivery_failed(chat)
             assert (await chat.get("/health/dependencies")).json()["outbox"]["depth"] == 5
             up = True
             await drained(chat, timeout=10)
@@ -81,12 +81,20 @@ async def test_records_wait_in_the_outbox_until_analytics_returns(tmp_path, chat
             assert (await direct.get("/analytics/alice")).json() == {"message_count": 5 + 5}
 
 
+async def delivery_failed(chat: httpx.AsyncClient, timeout: float = 5.0) -> None:
+    """Wait until the deliverer has tried to send records and fallen back."""
+    failed = 'chat_analytics_fallbacks_total{reason="connect",target="analytics-record"}'
+    async with asyncio.timeout(timeout):
+        while failed not in (await chat.get("/metrics")).text:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_record_analytics_refuses_is_set_aside_and_the_rest_get_through(tmp_path, chat_with):
     # A poison record already on disk (written by an older version, say): analytics answers 422.
     poison = Outbox(str(tmp_path / "outbox.sqlite3"), max_rows=10)
-    poison.open()
-    poison.append(RecordItem("alice", "poison", "not a timestamp"))
-    poison.close()
+    await poison.open()
+    await poison.append(RecordItem("alice", "poison", "not a timestamp"))
+    await poison.close()
     async with (
         running_analytics(tmp_path) as real,
         chat_with(real) as chat,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
+import threading
 from pathlib import Path
 
 import httpx
@@ -44,7 +46,11 @@ def _deliverer_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name() == "outbox-deliverer" and not t.done()]
 
 
-@pytest.mark.parametrize("step", ["build_llm", "build_rate_limiter", "build_agent"])
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "outbox-writer"]
+
+
+@pytest.mark.parametrize("step", ["build_llm", "build_rate_limiter", "open_authenticator", "build_agent"])
 async def test_a_failing_startup_step_closes_what_was_opened(tmp_path, monkeypatch, step):
     monkeypatch.setattr(chat_service.main, step, _fail)
     transport = ClosingTransport()
@@ -55,6 +61,7 @@ async def test_a_failing_startup_step_closes_what_was_opened(tmp_path, monkeypat
     assert transport.closed
     assert _outbox_closed(tmp_path / "outbox.sqlite3")
     assert _deliverer_tasks() == []
+    assert _writer_threads() == []
 
 
 async def test_an_outbox_that_cannot_open_still_closes_the_client(tmp_path):
@@ -66,6 +73,7 @@ async def test_an_outbox_that_cannot_open_still_closes_the_client(tmp_path):
         async with LifespanManager(app):
             pass
     assert transport.closed
+    assert _writer_threads() == []
 
 
 async def test_a_failing_flush_still_closes_everything(tmp_path, monkeypatch):
@@ -85,3 +93,16 @@ async def test_a_failing_flush_still_closes_everything(tmp_path, monkeypatch):
     assert transport.closed
     assert _outbox_closed(tmp_path / "outbox.sqlite3")
     assert _deliverer_tasks() == []
+    assert _writer_threads() == []
+
+
+async def test_a_failing_startup_step_after_auth_stops_the_jwks_refresher(tmp_path, monkeypatch):
+    monkeypatch.setattr(chat_service.main, "build_agent", _fail)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # nothing listens there once the block ends
+    app = create_app(chat_settings(tmp_path, auth_jwks_url=f"http://127.0.0.1:{closed_port}/jwks"), transport=ClosingTransport())
+    with pytest.raises(Boom):
+        async with LifespanManager(app):
+            pass
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-") and not t.done()]

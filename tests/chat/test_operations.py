@@ -27,7 +27,7 @@ async def test_breaker_retry_and_fallback_metrics(chat_with):
     def down(_: httpx.Request) -> httpx.Response:
         return httpx.Response(503)
 
-    async with chat_with(httpx.MockTransport(down), analytics_read={"breaker_failures": 2}) as chat:
+    async with chat_with(httpx.MockTransport(down), analytics_read={"breaker_min_calls": 2}) as chat:
         await chat.post("/chat/", json={"user_id": "alice", "text": "hi"})
         metrics = (await chat.get("/metrics")).text
         dependencies = (await chat.get("/health/dependencies")).json()
@@ -36,7 +36,7 @@ async def test_breaker_retry_and_fallback_metrics(chat_with):
     assert 'chat_analytics_retries_total{target="analytics-read"}' in metrics
     assert 'chat_analytics_fallbacks_total{reason="breaker_open",target="analytics-read"} 1.0' in metrics
     assert dependencies["analytics"]["read"]["breaker"] == "open"
-    assert dependencies["llm"] == {"provider": "offline"}
+    assert dependencies["llm"] == {"provider": "offline", "endpoints": [], "offline_fallback": False}
 
 
 async def test_chat_is_ready_while_analytics_is_down(chat_with):

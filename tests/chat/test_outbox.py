@@ -1,70 +1,268 @@
-"""The outbox on a real SQLite file: bounded, durable, shared safely by processes."""
+"""The outbox on a real SQLite file: bounded, durable, atomic, off the event loop, shared by processes."""
 
 from __future__ import annotations
 
-import os
+import asyncio
+import sqlite3
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from chat_service.analytics_client import RecordItem
 from chat_service.outbox import Outbox, OutboxFull
+from chat_service.outbox import _store as store
+from chat_service.outbox._writer import Writer
 
 
 def item(n: int) -> RecordItem:
     return RecordItem("u", f"m{n}", "2025-04-06T12:00:00+00:00")
 
 
+def ids(rows: list[tuple[int, RecordItem]]) -> list[str]:
+    return [record.message_id for _, record in rows]
+
+
 @pytest.fixture
-def outbox(tmp_path):
-    box = Outbox(str(tmp_path / "o.sqlite3"), max_rows=3)
-    box.open()
+def path(tmp_path) -> Path:
+    return tmp_path / "o.sqlite3"
+
+
+@pytest.fixture
+async def outbox(path):
+    box = Outbox(path, max_rows=3)
+    await box.open()
     yield box
-    box.close()
+    await box.close()
 
 
-def test_records_are_kept_across_reopening(tmp_path, outbox):
-    outbox.append(item(1))
-    outbox.close()
-    again = Outbox(str(tmp_path / "o.sqlite3"), max_rows=3)
-    again.open()
-    assert [i.message_id for _, i in again.claim(10)] == ["m1"]
-    again.close()
+def raw(path: Path) -> sqlite3.Connection:
+    """A second connection, as another process would have."""
+    return sqlite3.connect(path, isolation_level=None)
 
 
-def test_a_full_outbox_refuses(outbox):
+async def test_records_are_kept_across_reopening(path, outbox):
+    await outbox.append(item(1))
+    await outbox.close()
+    again = Outbox(path, max_rows=3)
+    await again.open()
+    assert ids(await again.next_batch(10)) == ["m1"]
+    await again.close()
+
+
+async def test_a_full_outbox_refuses_until_records_are_delivered(outbox):
     for n in range(3):
-        outbox.append(item(n))
+        await outbox.append(item(n))
     with pytest.raises(OutboxFull):
-        outbox.append(item(9))
-    outbox.acknowledge([row for row, _ in outbox.claim(1)])
-    outbox.append(item(9))
-    assert outbox.exact_depth() == 3
+        await outbox.append(item(9))
+    assert (outbox.accepting, outbox.status) == (False, "at_bound")
+    await outbox.acknowledge([row for row, _ in await outbox.next_batch(1)])
+    assert outbox.accepting
+    await outbox.append(item(9))
+    assert (await outbox.stats()).depth == 3
 
 
-def test_claims_hide_records_until_released(outbox):
-    outbox.append(item(1))
-    outbox.append(item(2))
-    claimed = outbox.claim(1)
-    assert [i.message_id for _, i in claimed] == ["m1"]
-    assert [i.message_id for _, i in outbox.claim(10)] == ["m2"]
-    assert outbox.claim(10) == []
-    outbox.release([row for row, _ in claimed])
-    assert [i.message_id for _, i in outbox.claim(10)] == ["m1"]
+async def test_appends_that_arrive_together_share_one_commit(path):
+    box = Outbox(path, max_rows=1000)
+    await box.open()
+    before = box.writer.groups
+    await asyncio.gather(*(box.append(item(n)) for n in range(200)))
+    commits = box.writer.groups - before
+    assert (await box.stats()).depth == 200, "every append is committed"
+    assert commits < 200 / 4, f"{commits} commits for 200 concurrent appends"
+    # and a bound that falls inside a group admits exactly up to it
+    box.max_rows = 250
+    outcomes = await asyncio.gather(*(box.append(item(n)) for n in range(100)), return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 50 and all(isinstance(o, OutboxFull) for o in outcomes[50:])
+    await box.close()
 
 
-def test_claims_of_a_dead_process_are_freed_on_open(tmp_path):
-    path = str(tmp_path / "o.sqlite3")
+async def test_a_batch_is_acknowledged_in_one_transaction(path):
+    box = Outbox(path, max_rows=1000)
+    await box.open()
+    await asyncio.gather(*(box.append(item(n)) for n in range(500)))
+    statements: list[str] = []
+    await box.writer.call(lambda: box._db.set_trace_callback(statements.append))  # type: ignore[union-attr]
+    await box.acknowledge([row for row, _ in await box.next_batch(500)])
+    await box.writer.call(lambda: box._db.set_trace_callback(None))  # type: ignore[union-attr]
+    writes = [s for s in statements if not s.startswith(("SELECT", "PRAGMA"))]
+    assert writes.count("BEGIN IMMEDIATE") == 1 and writes.count("COMMIT") == 1
+    assert sum(s.startswith("DELETE") for s in writes) == 500
+    assert (await box.stats()).depth == 0
+    await box.close()
+
+
+@pytest.mark.parametrize("operation", ["append", "acknowledge", "dead_letter"])
+async def test_a_locked_database_never_blocks_the_event_loop(path, operation):
+    box = Outbox(path, max_rows=100, busy_timeout=5.0)
+    await box.open()
+    await box.append(item(1))
+    [(row_id, _)] = await box.next_batch(1)
+    calls = {
+        "append": lambda: box.append(item(2)),
+        "acknowledge": lambda: box.acknowledge([row_id]),
+        "dead_letter": lambda: box.dead_letter(row_id, 422),
+    }
+    other = raw(path)
+    other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+    waiting = asyncio.ensure_future(calls[operation]())
+    ticks = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < 0.3:  # the loop keeps running its other work meanwhile
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not waiting.done(), "the write waits for the lock"
+    assert ticks >= 10, f"the event loop ran only {ticks} times in 0.3 s"
+    other.execute("ROLLBACK")
+    await asyncio.wait_for(waiting, 5)
+    other.close()
+    await box.close()
+
+
+def test_a_crash_between_the_two_dead_letter_statements_leaves_the_record_in_one_table(path):
+    db = store.connect(path, busy_timeout=1.0)
+    store.insert(db, 0, [item(1)], 10)
+    [(row_id, _)] = store.oldest(db, [0], 1)
+    db.close()
+    # A process dies (os._exit: no cleanup at all) right after the INSERT, before the DELETE.
+    crash = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from chat_service.outbox import _store as store
+        db = store.connect(Path({str(path)!r}), busy_timeout=1.0)
+        db.set_trace_callback(lambda sql: sql.startswith("DELETE") and os._exit(9))
+        store.dead_letter(db, {row_id}, 422)
+    """)
+    assert subprocess.run([sys.executable, "-c", crash], timeout=60).returncode == 9
+    db = store.connect(path, busy_timeout=1.0)
+    assert [r for r, _ in store.oldest(db, [0], 10)] == [row_id] and store.dead_letter_count(db) == 0
+    store.dead_letter(db, row_id, 422)  # and the next attempt simply succeeds
+    assert store.count(db) == 0 and [d.id for d in store.dead_letters(db, 10)] == [row_id]
+    db.close()
+
+
+def test_a_record_an_older_version_left_in_both_tables_is_healed(path):
+    db = store.connect(path, busy_timeout=1.0)
+    store.insert(db, 0, [item(1)], 10)
+    [(row_id, _)] = store.oldest(db, [0], 1)
+    db.execute("INSERT INTO dead_letters SELECT id, user_id, message_id, timestamp, 422, 0 FROM outbox")
+    store.dead_letter(db, row_id, 422)  # IntegrityError on every attempt, before
+    assert store.count(db) == 0 and store.dead_letter_count(db) == 1
+    db.close()
+
+
+async def test_another_process_never_sees_records_it_does_not_own_and_adopts_a_dead_ones(path):
+    first, second = Outbox(path, max_rows=10), Outbox(path, max_rows=10)
+    await first.open()
+    await second.open()
+    assert (first.slots.own, second.slots.own) == (0, 1)
+    await first.append(item(1))
+    await second.append(item(2))
+    assert ids(await first.next_batch(10)) == ["m1"]
+    assert ids(await second.next_batch(10)) == ["m2"]
+    await first.close()  # its lock is gone, as when a process dies
+    await second.maintain()
+    assert second.slots.adopted == [0]
+    assert ids(await second.next_batch(10)) == ["m2", "m1"]
+    await second.acknowledge([row for row, _ in await second.next_batch(10)])
+    await second.maintain()
+    assert second.slots.adopted == [], "a drained slot is let go"
+    await second.close()
+
+
+def holders(path: Path, *message_ids: str) -> list[subprocess.Popen[str]]:
+    """Real processes that each append one record (in this order) and then live on, holding their slots."""
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from chat_service.analytics_client import RecordItem
+        from chat_service.outbox import Outbox
+        async def main():
+            sys.stdin.readline()  # our turn
+            box = Outbox({str(path)!r}, max_rows=10)
+            await box.open()
+            await box.append(RecordItem("u", sys.argv[1], "2025-04-06T12:00:00+00:00"))
+            sys.stderr.write(f"slot {{box.slots.own}}\\n")
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, message_id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for message_id in message_ids
+    ]
+    for slot, process in enumerate(processes):  # they import in parallel, then append in turn
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.write("go\n")
+        process.stdin.close()
+        assert process.stderr.readline() == f"slot {slot}\n"
+    return processes
+
+
+def test_a_killed_process_s_records_go_to_the_next_one_and_a_live_one_keeps_its_own(path):
+    killed, alive = holders(path, "killed", "alive")
+    try:
+        killed.kill()  # SIGKILL: no cleanup; the kernel drops its flock
+        killed.wait()
+
+        async def next_process() -> list[str]:
+            box = Outbox(path, max_rows=10)
+            await box.open()
+            try:
+                return ids(await box.next_batch(10))
+            finally:
+                await box.close()
+
+        assert asyncio.run(next_process()) == ["killed"]
+    finally:
+        for process in (killed, alive):
+            process.kill()
+            process.wait()
+            assert process.stderr is not None
+            process.stderr.close()
+
+
+async def test_a_file_from_the_previous_version_is_migrated_and_delivered(path):
+    old = raw(path)
+    old.executescript("""
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, message_id TEXT NOT NULL,
+            timestamp TEXT NOT NULL, claimed_until REAL NOT NULL DEFAULT 0, claimed_by INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX outbox_claims ON outbox (claimed_until, id);
+        CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, message_id TEXT NOT NULL,
+            timestamp TEXT NOT NULL, status INTEGER, failed_at REAL NOT NULL);
+        INSERT INTO outbox (user_id, message_id, timestamp, claimed_until, claimed_by) VALUES
+            ('u', 'old1', '2025-04-06T12:00:00+00:00', 1e12, 1), ('u', 'old2', '2025-04-06T12:00:00+00:00', 0, 0);
+    """)
+    old.close()
     box = Outbox(path, max_rows=10)
-    box.open()
-    box.append(item(1))
-    box.append(item(2))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
-    box.db.execute("UPDATE outbox SET claimed_until = 1e12, claimed_by = ? WHERE message_id = 'm1'", (pid,))
-    box.db.execute("UPDATE outbox SET claimed_until = 1e12, claimed_by = ? WHERE message_id = 'm2'", (os.getppid(),))
-    box.close()
-    box.open()
-    assert [i.message_id for _, i in box.claim(10)] == ["m1"], "a live process keeps its claim"
-    box.close()
+    await box.open()
+    await box.append(item(3))
+    assert ids(await box.next_batch(10)) == ["old1", "old2", "m3"], "claimed or not, every old record goes out"
+    await box.close()
+
+
+async def test_a_bug_in_one_group_fails_its_appends_not_the_writer():
+    calls = []
+
+    def commit_group(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return [None] * len(items)
+
+    writer: Writer[str] = Writer(commit_group)
+    writer.start()
+    with pytest.raises(RuntimeError):
+        await writer.append("first")
+    await writer.append("second")
+    assert await writer.call(lambda: "still running") == "still running"
+    await writer.stop()
+    assert calls == [["first"], ["second"]]

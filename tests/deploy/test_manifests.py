@@ -49,7 +49,7 @@ def test_every_manifest_is_valid_kubernetes(name, document):
 def test_the_cluster_has_what_operators_expect():
     kinds = {(d["kind"], d["metadata"]["name"]) for _, d in documents()}
     for expected in [
-        ("Deployment", "chat"),
+        ("StatefulSet", "chat"),
         ("Deployment", "analytics"),
         ("Service", "chat"),
         ("Service", "analytics"),
@@ -65,7 +65,7 @@ def test_the_cluster_has_what_operators_expect():
 
 def test_deployments_have_probes_resources_and_run_as_non_root():
     for _, document in documents():
-        if document["kind"] != "Deployment":
+        if document["kind"] not in ("Deployment", "StatefulSet") or document["metadata"]["name"] == "postgres":
             continue
         spec = document["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -73,6 +73,28 @@ def test_deployments_have_probes_resources_and_run_as_non_root():
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def _chat() -> dict:
+    return next(d for _, d in documents() if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "chat")
+
+
+def test_chat_s_outbox_outlives_its_pod_on_scale_down():
+    """Records chat answered 200 for must survive scale-down while analytics is down."""
+    chat = _chat()["spec"]
+    mount = next(
+        m for c in chat["template"]["spec"]["containers"] for m in c["volumeMounts"] if m["mountPath"] == "/app/data"
+    )
+    claim = next(t for t in chat["volumeClaimTemplates"] if t["metadata"]["name"] == mount["name"])
+    assert mount["name"] not in {v["name"] for v in chat["template"]["spec"]["volumes"]}, "a claim, not an emptyDir"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert chat["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Retain"}
+    config = next(d for _, d in documents() if d["kind"] == "ConfigMap")
+    assert config["data"]["CHAT_OUTBOX_PATH"].startswith("/app/data/"), "the outbox file is on the claim"
+    services = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "Service"}
+    assert services[chat["serviceName"]]["spec"]["clusterIP"] == "None"
+    autoscaler = next(d for _, d in documents() if d["kind"] == "HorizontalPodAutoscaler")
+    assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "chat"}
 
 
 def test_every_configured_variable_is_a_real_setting():
@@ -104,6 +126,15 @@ def test_compose_runs_analytics_on_postgres_and_chat_in_front():
     for name in ("analytics", "chat"):
         dockerfile = DEPLOY.parent / services[name]["build"]["dockerfile"]
         assert dockerfile.exists()
+
+
+def test_end_user_auth_is_on_in_compose_and_kubernetes():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["chat"]["environment"]
+    assert compose["CHAT_AUTH_JWT_SECRET"].startswith("${CHAT_AUTH_JWT_SECRET:?"), "compose refuses to start without a secret"
+    assert compose["CHAT_AUTH_ISSUER"] and compose["CHAT_AUTH_AUDIENCE"]
+    config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "daca-config")["data"]
+    settings = ChatSettings(**{k.removeprefix("CHAT_").lower(): v for k, v in config.items() if k.startswith("CHAT_AUTH_")})
+    assert settings.auth_enabled and settings.auth_issuer and settings.auth_audience
 
 
 @pytest.mark.parametrize("service", ["chat", "analytics"])

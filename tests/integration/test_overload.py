@@ -83,7 +83,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             OPENAI_BASE_URL=model.url + "/v1",
             CHAT_MODEL="slow",
             CHAT_LLM_TIMEOUT="30",
-            CHAT_LLM_MAX_RETRIES="0",
+            CHAT_LLM_POLICY__ATTEMPTS="1",
             CHAT_ADMISSION__MIN_LIMIT="2",
             CHAT_ADMISSION__INITIAL_LIMIT="2",
             CHAT_ADMISSION__MAX_LIMIT="2",

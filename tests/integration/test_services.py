@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import signal
 import time
+from collections import Counter
 
 import httpx
 import pytest
+
+from tests.fakes.identity import bearer, claims, hs256
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +68,8 @@ def test_chat_answers_while_analytics_is_killed_and_catches_up_after(make_stack)
 
 
 def test_a_frozen_analytics_costs_the_deadline_then_the_breaker_opens(make_stack):
-    stack = make_stack(chat_extra={"CHAT_ANALYTICS_READ__BREAKER_RESET": "1.0"})
+    # A handful of sequential chats is little traffic: judge the failure rate after 4 attempts.
+    stack = make_stack(chat_extra={"CHAT_ANALYTICS_READ__BREAKER_RESET": "1.0", "CHAT_ANALYTICS_READ__BREAKER_MIN_CALLS": "4"})
     stack.chat_post("alice")
     stack.analytics.signal(signal.SIGSTOP)
     try:
@@ -77,8 +84,7 @@ def test_a_frozen_analytics_costs_the_deadline_then_the_breaker_opens(make_stack
         assert min(timings[-2:]) < 0.45, "an open breaker answers without waiting out the 0.5 s deadline"
     finally:
         stack.analytics.signal(signal.SIGCONT)
-    time.sleep(1.1)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 1.0 + 5  # the breaker's reset, then a probe must close it
     while stack.dependencies()["analytics"]["read"]["breaker"] != "closed":
         assert time.monotonic() < deadline
         stack.chat_post("alice")
@@ -116,22 +122,36 @@ def test_records_left_by_a_killed_chat_are_delivered_by_the_next_one(make_stack)
 
 def test_secrets_never_reach_logs_or_health(make_stack):
     token, key = "tok-VERY-secret-123", "sk-ALSO-secret-456"
+    jwt_secret = "jwt-SECRET-0123456789abcdef0123456789abcdef"
     stack = make_stack(
         analytics_extra={"ANALYTICS_API_TOKEN": token},
-        chat_extra={"CHAT_ANALYTICS_API_TOKEN": token, "OPENAI_API_KEY": key, "CHAT_LLM_PROVIDER": "offline"},
+        chat_extra={
+            "CHAT_ANALYTICS_API_TOKEN": token,
+            "OPENAI_API_KEY": key,
+            "CHAT_LLM_PROVIDER": "offline",
+            "CHAT_AUTH_JWT_SECRET": jwt_secret,
+        },
     )
-    assert "5 messages" in stack.chat_post("alice").json()["reply"]
+    user_token = hs256(claims("alice", iss=None, aud=None), secret=jwt_secret)
+    expired = hs256(claims("alice", ttl=-3600, iss=None, aud=None), secret=jwt_secret)
+    forged = hs256(claims("alice", iss=None, aud=None), secret=jwt_secret + "x")
+    assert "5 messages" in stack.chat_post("alice", headers=bearer(user_token)).json()["reply"]
+    refusals = [stack.chat_post("alice", headers=bearer(bad)) for bad in (expired, forged, "not.a.token")]
+    assert [r.status_code for r in refusals] == [401, 401, 401]
     assert httpx.get(stack.analytics.url + "/analytics/alice").status_code == 401
     assert httpx.get(stack.analytics.url + "/analytics/alice", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
-    health = httpx.get(stack.chat.url + "/health/dependencies").text
+    health = httpx.get(stack.chat.url + "/health/dependencies").text + httpx.get(stack.chat.url + "/readyz").text
     stack.wait_drained()
     assert stack.analytics_count("alice", headers={"Authorization": f"Bearer {token}"}) == 6
     stack.chat.stop()
     stack.analytics.stop()
     logs = stack.logs()
-    assert "request" in logs
-    for secret in (token, key):
-        assert secret not in logs and secret not in health
+    assert "request" in logs and '"reason": "expired"' in logs
+    answers = "".join(r.text + str(r.headers) for r in refusals)
+    for secret in (token, key, jwt_secret, user_token, expired, forged):
+        assert secret not in logs and secret not in health and secret not in answers
+    for signature in (t.rsplit(".", 1)[1] for t in (user_token, expired, forged)):
+        assert signature not in logs and signature not in answers
 
 
 def test_one_chat_can_be_followed_through_both_logs(make_stack):
@@ -145,7 +165,7 @@ def test_one_chat_can_be_followed_through_both_logs(make_stack):
     assert '"request_id": "trace-me-123"' in analytics_log
 
 
-def test_several_chat_workers_share_the_outbox_and_lose_nothing(tmp_path):
+async def test_several_chat_workers_share_the_outbox_and_the_metrics_and_lose_nothing(tmp_path):
     from load_tests.processes import ServiceProcess, analytics_env, chat_env
 
     analytics = ServiceProcess(
@@ -159,13 +179,70 @@ def test_several_chat_workers_share_the_outbox_and_lose_nothing(tmp_path):
         workers=2,
         env=chat_env(analytics.url, tmp_path / "outbox.sqlite3"),
     )
+    log = tmp_path / "chat.log"
+    # No keep-alive: every request opens a fresh connection, and either worker may accept it.
+    fresh = httpx.Limits(max_keepalive_connections=0)
     with analytics, chat:
-        with httpx.Client(base_url=chat.url, timeout=10) as client:
-            statuses = [client.post("/chat/", json={"user_id": "worker-user", "text": "hi"}).status_code for _ in range(30)]
-        assert statuses == [200] * 30
-        deadline = time.monotonic() + 15
-        while httpx.get(f"{analytics.url}/analytics/worker-user").json().get("message_count") != 30:
-            assert time.monotonic() < deadline, "records were lost or duplicated across workers"
-            time.sleep(0.1)
-    log = (tmp_path / "chat.log").read_text()
-    assert log.count('"event": "chat_started"') == 2, "two worker processes served"
+        assert chat.metrics_dir is not None, "workers get a fresh PROMETHEUS_MULTIPROC_DIR"
+        deadline = time.monotonic() + 30
+        while len(workers := {line["pid"] for line in _log_lines(log) if line.get("event") == "chat_started"}) < 2:
+            assert time.monotonic() < deadline, "the second worker never started"
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=chat.url, timeout=10, limits=fresh) as client:
+            statuses: list[int] = []
+            for _ in range(10):  # a few at a time until both workers have answered chats
+                replies = await asyncio.gather(
+                    *(client.post("/chat/", json={"user_id": "worker-user", "text": "hi"}) for _ in range(8))
+                )
+                statuses += [reply.status_code for reply in replies]
+                if _pids_serving(log, "/chat/", len(statuses)) == workers:
+                    break
+            sent = len(statuses)
+            assert statuses == [200] * sent
+            # A 200 from /chat/ means that worker appended the record to the shared outbox first.
+            by_worker = Counter(line["pid"] for line in _access_lines(log, "/chat/"))
+            assert set(by_worker) == workers and sum(by_worker.values()) == sent, by_worker
+
+            deadline = time.monotonic() + 15
+            while httpx.get(f"{analytics.url}/analytics/worker-user").json().get("message_count") != sent:
+                assert time.monotonic() < deadline, "records were lost or duplicated across workers"
+                await asyncio.sleep(0.1)
+
+            served = f'http_requests_total{{method="POST",route="/chat/",status="200"}} {float(sent)}'
+            for scrapes in range(1, 61):  # until both workers have answered a scrape
+                assert served in (await client.get("/metrics")).text, "the totals cover every worker"
+                if _pids_serving(log, "/metrics", scrapes) == workers:
+                    break
+            assert {line["pid"] for line in _access_lines(log, "/metrics")} == workers
+
+            # A worker killed outright leaves its gauge files behind; the next scrape forgets
+            # them, while its counters still count.
+            dead = min(workers)
+            os.kill(dead, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while any(chat.metrics_dir.glob(f"gauge_live*_{dead}.db")):
+                assert time.monotonic() < deadline, "the dead worker's gauges were never dropped"
+                assert served in (await client.get("/metrics")).text
+                await asyncio.sleep(0.05)
+            assert any(chat.metrics_dir.glob(f"counter_{dead}.db"))
+
+
+def _log_lines(path) -> list[dict]:
+    lines = []
+    for raw in path.read_text().splitlines():
+        if raw.startswith("{"):
+            lines.append(json.loads(raw))
+    return lines
+
+
+def _access_lines(path, route: str) -> list[dict]:
+    return [line for line in _log_lines(path) if line.get("event") == "request" and line.get("path") == route]
+
+
+def _pids_serving(path, route: str, expected: int, timeout: float = 5.0) -> set[int]:
+    """The pids that answered `route`, once the access lines of all `expected` requests are written."""
+    deadline = time.monotonic() + timeout
+    while len(lines := _access_lines(path, route)) < expected:
+        assert time.monotonic() < deadline, f"{len(lines)} of {expected} access lines for {route}"
+        time.sleep(0.02)
+    return {line["pid"] for line in lines}

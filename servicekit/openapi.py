@@ -1,0 +1,160 @@
+"""The API contract's machinery: error bodies, documented statuses, operation ids, schema edits.
+
+A route documents every status it can answer in one line::
+
+    @router.post("/chat/", response_model=ChatReply, summary="Chat", responses=responses(400, 413, 422, 429))
+
+Each status brings its body schema (`ErrorBody`, or `ValidationErrorBody` for 422), a default
+description, and the headers it carries (`Retry-After`, `WWW-Authenticate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+Schema = dict[str, Any]
+SchemaEdit = Callable[[Schema], None]
+
+
+class ErrorBody(BaseModel):
+    """Every error except 422: one human-readable sentence."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "Request body too large"}]})
+
+    detail: str = Field(description="What went wrong, in words")
+
+
+class ValidationIssue(BaseModel):
+    """One rule the request broke. The offending input is never echoed back."""
+
+    loc: list[str | int] = Field(description='Where: ["body", "user_id"], ["path", "user_id"], ["query", "role"], ...')
+    msg: str = Field(description="The rule, in words")
+    type: str = Field(description="A stable machine-readable kind, e.g. string_pattern_mismatch, missing, json_invalid")
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request broke the schema (a body that is not JSON included)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": [{"loc": ["body", "text"], "msg": "Field required", "type": "missing"}]}]}
+    )
+
+    detail: list[ValidationIssue]
+
+
+_RETRY_AFTER = {"description": "Seconds to wait before retrying (or an HTTP date)", "schema": {"type": "string"}}
+_WWW_AUTHENTICATE = {"description": "The scheme to authenticate with: Bearer", "schema": {"type": "string"}}
+
+# status: (default description, extra headers)
+_STATUSES: dict[int, tuple[str, dict[str, Schema]]] = {
+    400: ("Bad request", {}),
+    401: ("Missing or invalid bearer token", {"WWW-Authenticate": _WWW_AUTHENTICATE}),
+    403: ("The credentials do not allow this", {}),
+    404: ("Not found", {}),
+    409: ("Conflicts with the current state (e.g. an idempotency key reused for a different request)", {}),
+    413: ("Request body too large", {}),
+    422: ("Invalid request: a body that is not UTF-8 JSON, a value that breaks its rule, or an unknown field", {}),
+    429: ("Too many requests; retry after Retry-After", {"Retry-After": _RETRY_AFTER}),
+    502: ("An upstream answered something unusable", {}),
+    503: ("Temporarily unavailable; retry after Retry-After when given", {"Retry-After": _RETRY_AFTER}),
+    504: ("An upstream did not answer in time", {}),
+}
+
+
+def responses(
+    *statuses: int,
+    descriptions: Mapping[int, str] | None = None,
+    models: Mapping[int, type[BaseModel]] | None = None,
+) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each status with its body schema, description and headers."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, headers = _STATUSES[status]
+        entry: dict[str, Any] = {
+            "model": (models or {}).get(status, ValidationErrorBody if status == 422 else ErrorBody),
+            "description": (descriptions or {}).get(status, description),
+        }
+        if headers:
+            entry["headers"] = headers
+        documented[status] = entry
+    return documented
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streamed `text/event-stream` body; as a route's `response_class`, its 200 is documented as SSE only."""
+
+    media_type = "text/event-stream"
+
+
+def event_stream(description: str, events: Mapping[str, str]) -> dict[int | str, dict[str, Any]]:
+    """A 200 documented as `text/event-stream`, listing each event type (`event:` name -> meaning).
+
+    Pair it with `response_class=EventStreamResponse` (or sse-starlette's `EventSourceResponse`).
+    """
+    listed = "\n".join(f"- `{name}`: {meaning}" for name, meaning in events.items())
+    return {
+        200: {
+            "description": f"{description}\n\nEvents:\n{listed}",
+            "content": {"text/event-stream": {"schema": {"type": "string", "x-event-types": list(events)}}},
+        }
+    }
+
+
+# Replaying a request with the same key returns the first answer instead of doing the work twice.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[A-Za-z0-9_.:@-]{1,128}$",
+        description="Makes a retried request safe: the same key within its lifetime returns the first answer",
+    ),
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """Name operations after their route functions (`chat`, `get_user`), not FastAPI's path mash."""
+    return route.name
+
+
+def edit_openapi(app: FastAPI, *edits: SchemaEdit) -> None:
+    """Apply `edits` to the generated schema once, then serve the edited schema from cache."""
+    build = app.openapi
+
+    def openapi() -> Schema:
+        if app.openapi_schema is None:
+            schema = build()
+            for edit in edits:
+                edit(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def bearer_auth(scheme: str = "bearerAuth", description: str = "Authorization: Bearer <token>") -> SchemaEdit:
+    """Declare HTTP bearer auth on every operation that documents a 401."""
+
+    def edit(schema: Schema) -> None:
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})[scheme] = {"type": "http", "scheme": "bearer", "description": description}
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                if "401" in operation.get("responses", {}):
+                    operation.setdefault("security", []).append({scheme: []})
+
+    return edit
+
+
+def set_max_length(component: str, field: str, limit: int) -> SchemaEdit:
+    """State a configured cap (a setting, not the model's hard ceiling) in the schema."""
+
+    def edit(schema: Schema) -> None:
+        schema["components"]["schemas"][component]["properties"][field]["maxLength"] = limit
+
+    return edit
