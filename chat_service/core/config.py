@@ -90,7 +90,7 @@ class AdmissionSettings(BaseModel):
     enabled: bool = True
     min_limit: int = Field(3, ge=1, description="Floor of the adaptive limit, and the concurrency of a probe")
     max_limit: int = Field(500, ge=1, description="Ceiling of the adaptive limit")
-    initial_limit: int = Field(20, ge=1)
+    initial_limit: int = Field(100, ge=1, description="The limit until the loop first shows queueing at it")
     latency_tolerance: float = Field(0.5, ge=0, description="Latency above the no-load latency that is not queueing")
     congested_lag: float = Field(0.002, ge=0, description="Event-loop lateness, seconds, from which latency counts as queueing")
     probe_interval: float = Field(60.0, gt=0, description="Seconds between measurements of the no-load latency")

@@ -19,7 +19,7 @@ class AdmissionPolicy:
 
     min_limit: int = 3
     max_limit: int = 500
-    initial_limit: int = 20
+    initial_limit: int = 100
     latency_tolerance: float = 0.5
     congested_lag: float = 0.002
     update_interval: float = 0.1

@@ -230,7 +230,7 @@ def test_probes_recur_at_the_interval_with_jitter():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_interval=60, probe_jitter=0.15, probe_samples=1), clock.now())
     clock.advance(1.0)
-    gradient.observe(0.01, 20, uncrowded=False, now=clock.now())  # an update at the limit; no lag source: late
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())  # an update at the limit; no lag source: late
     gradient.tick(clock.now())
     clock.advance(0.01)
     gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
@@ -247,7 +247,7 @@ def test_crowded_requests_do_not_count_as_latency_without_load():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_samples=2, probe_max_seconds=5), clock.now())
     clock.advance(1.0)
-    gradient.observe(0.01, 20, uncrowded=False, now=clock.now())
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())
     gradient.tick(clock.now())
     clock.advance(0.5)
     gradient.observe(0.5, 10, uncrowded=False, now=clock.now())  # admitted crowded
@@ -263,7 +263,7 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
     clock = FakeClock()
     gradient = GradientLimit(AdmissionPolicy(probe_samples=20, probe_max_seconds=1.0), clock.now())
     clock.advance(1.0)
-    gradient.observe(0.01, 20, uncrowded=False, now=clock.now())
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())
     gradient.tick(clock.now())
     gradient.observe(0.3, 1, uncrowded=True, now=clock.now())
     assert gradient.probing
