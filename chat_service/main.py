@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -11,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from resilience import Pipeline, classify_httpx, log_event
+from servicekit.admission import AdmissionMetrics, AdmissionMiddleware, Limiter
+from servicekit.connections import ConnectionEvents, raise_open_files_limit, watch_accept_errors
 from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
@@ -33,6 +36,9 @@ from .delivery import Deliverer
 from .outbox import Outbox
 from .rate_limit import build_rate_limiter
 
+# The work routes: what costs model time and records a message. Everything else is never shed.
+ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat/stream"))
+
 TAGS = [
     {"name": "chat", "description": "Talk to the agent"},
     {"name": "users", "description": "The tutorial's user echo, and a user's message count as chat sees it"},
@@ -51,6 +57,8 @@ def create_app(
     settings = settings or Settings()
     metrics = ChatMetrics(CollectorRegistry())
     tracing = tracing or Tracing.from_environ("chat")
+    admission_metrics = AdmissionMetrics(metrics.registry, prefix="chat")
+    connection_events = ConnectionEvents(metrics.registry, prefix="chat")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -58,12 +66,17 @@ def create_app(
         log = get_logger("lifespan")
         hooks = (log_event, metrics.on_resilience_event)
         tracer = tracing.tracer("chat_service") if tracing is not None else None
+        open_files = raise_open_files_limit()[0]
+        admission = Limiter(settings.admission.to_policy()) if settings.admission.enabled else None
+        if admission is not None:
+            admission_metrics.bind(admission)
         # Every resource is entered on the stack as soon as it exists, so a failing start-up step
         # or a failing flush still closes everything opened before it, in reverse order.
         async with AsyncExitStack() as resources:
             if tracing is not None:
                 tracing.start()  # before any client exists: their aiohttp sessions carry the trace
                 resources.callback(tracing.stop)  # last out: the flush's spans are exported too
+            resources.callback(watch_accept_errors(asyncio.get_running_loop(), connection_events))
             http = await resources.enter_async_context(
                 httpx.AsyncClient(
                     base_url=settings.analytics_url,
@@ -104,6 +117,8 @@ def create_app(
                 llm_endpoints=[endpoint.name for endpoint in llm.endpoints] + (["offline"] if llm.offline_fallback else []),
                 analytics=settings.analytics_url,
                 outbox=outbox.status,
+                open_files_limit=open_files,
+                admission=settings.admission.enabled,
             )
             yield {
                 "settings": settings,
@@ -114,6 +129,8 @@ def create_app(
                 "outbox": outbox,
                 "deliverer": deliverer,
                 "rate_limiter": limiter,
+                "admission": admission,
+                "connection_events": connection_events,
                 "authenticator": authenticator,
             }
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
@@ -130,6 +147,14 @@ def create_app(
         generate_unique_id_function=operation_id,
         docs_url=None,
         redoc_url=None,
+    )
+    # Innermost first: admission sits inside CORS (a shed answer still carries CORS headers) and
+    # inside the request context (it gets a request id, an access line and request metrics).
+    app.add_middleware(
+        AdmissionMiddleware,
+        routes=ADMITTED_ROUTES,
+        retry_after=settings.admission.retry_after,
+        on_event=admission_metrics.on_event,
     )
     app.add_middleware(
         CORSMiddleware,

@@ -27,4 +27,5 @@ VOLUME ["/app/data"]
 HEALTHCHECK --interval=10s --timeout=2s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=2)"]
 # uvicorn handles SIGTERM gracefully: in-flight requests finish.
-CMD ["uvicorn", "analytics_service.main:app", "--host", "0.0.0.0", "--port", "8001", "--loop", "uvloop", "--http", "httptools", "--timeout-graceful-shutdown", "20", "--no-access-log"]
+# Slow clients and connection floods: docs/overload.md (the same flags as load_tests/processes.py).
+CMD ["uvicorn", "analytics_service.main:app", "--host", "0.0.0.0", "--port", "8001", "--loop", "uvloop", "--http", "servicekit.connections:GuardedHttpToolsProtocol", "--limit-concurrency", "4096", "--backlog", "4096", "--timeout-keep-alive", "5", "--timeout-graceful-shutdown", "20", "--no-access-log"]

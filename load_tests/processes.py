@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -16,6 +18,21 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# How every service is launched (here, in serve, the Dockerfiles and the manifests; see
+# docs/overload.md): a request read timeout and a connection cap below the descriptor limit
+# (the protocol class), uvicorn's own last-resort cap on connections and tasks, a listen
+# backlog the size of the kernel's default somaxconn, and keep-alive as uvicorn's default.
+SERVER_FLAGS = (
+    "--http",
+    "servicekit.connections:GuardedHttpToolsProtocol",
+    "--limit-concurrency",
+    "4096",
+    "--backlog",
+    "4096",
+    "--timeout-keep-alive",
+    "5",
+)
 
 
 def free_port() -> int:
@@ -36,6 +53,7 @@ class ServiceProcess:
         log_path: Path | None = None,
         workers: int = 1,
         extra_args: tuple[str, ...] = (),
+        open_files: tuple[int, int] | None = None,
     ) -> None:
         self.app = app
         self.port = port or free_port()
@@ -43,6 +61,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.workers = workers
         self.extra_args = extra_args
+        self.open_files = open_files  # (soft, hard) RLIMIT_NOFILE for the child, as a smaller host would have
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_dir: Path | None = None
 
@@ -68,6 +87,7 @@ class ServiceProcess:
             "--timeout-graceful-shutdown",
             "10",
             "--no-access-log",
+            *SERVER_FLAGS,
             *self.extra_args,
         ]
         if self.workers > 1:
@@ -81,7 +101,10 @@ class ServiceProcess:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - None: our terminal
         try:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+            limits = None if self.open_files is None else functools.partial(_limit_open_files, self.open_files)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, preexec_fn=limits
+            )
         finally:
             if output is not None:
                 output.close()  # the child holds its own copy
@@ -140,6 +163,10 @@ class ServiceProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _limit_open_files(limits: tuple[int, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
 
 def analytics_env(database_url: str, **extra: str) -> dict[str, str]:

@@ -6,8 +6,9 @@ import time
 import uuid
 
 import structlog
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
+from servicekit.admission import commit_reply
 from servicekit.logging import get_logger
 from servicekit.openapi import responses
 
@@ -55,6 +56,7 @@ def _outbox_refused(reason: str, metrics: ChatMetrics) -> HTTPException:
 # The same, without the slash (no redirect). `fallback` appears in a reply's metadata only when set.
 @router.post("/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False)
 async def chat(
+    request: Request,
     message: ChatMessage,
     caller: CallerDep,
     settings: SettingsDep,
@@ -104,6 +106,7 @@ async def chat(
     finally:
         metrics.llm_latency.observe(time.perf_counter() - started)
 
+    commit_reply(request)  # from here the reply is recorded and sent, even if the client leaves
     try:
         await outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
     except OutboxRefused as refused:

@@ -6,6 +6,9 @@ from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
 
+from servicekit.admission import Limiter
+from servicekit.connections import ConnectionEvents
+
 from ..agent.agent import PersonalizedAgents
 from ..agent.llm import LLM
 from ..analytics_client import AnalyticsClient
@@ -26,6 +29,8 @@ class State(TypedDict):
     outbox: Outbox
     deliverer: Deliverer
     rate_limiter: RateLimiter | None
+    admission: Limiter | None
+    connection_events: ConnectionEvents
     authenticator: Authenticator | None
 
 

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from resilience import BreakerMode, Policy, Timeouts
+from servicekit.admission import AdmissionPolicy
 from servicekit.logging import LogFormat
 from servicekit.validation import OptionalSecret, OptionalText
 
@@ -80,6 +81,33 @@ class PolicySettings(BaseModel):
             budget_refill_per_second=self.budget_refill_per_second,
             bulkhead=self.bulkhead,
             hedge_delay=self.hedge_delay,
+        )
+
+
+class AdmissionSettings(BaseModel):
+    """Admission control for the work routes; set fields as CHAT_ADMISSION__MAX_LIMIT=200 and so on."""
+
+    enabled: bool = True
+    min_limit: int = Field(3, ge=1, description="Floor of the adaptive limit, and the concurrency of a probe")
+    max_limit: int = Field(500, ge=1, description="Ceiling of the adaptive limit")
+    initial_limit: int = Field(100, ge=1, description="The limit until the loop first shows queueing at it")
+    latency_tolerance: float = Field(0.5, ge=0, description="Latency above the no-load latency that is not queueing")
+    congested_lag: float = Field(0.002, ge=0, description="Event-loop lateness, seconds, from which latency counts as queueing")
+    probe_interval: float = Field(60.0, gt=0, description="Seconds between measurements of the no-load latency")
+    queue_timeout: float = Field(0.1, ge=0, description="Longest wait for a slot, seconds; 0 refuses instead of queueing")
+    queue_max: int = Field(1000, ge=0)
+    retry_after: int = Field(1, ge=0, description="Retry-After of a shed request, seconds")
+
+    def to_policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(
+            min_limit=self.min_limit,
+            max_limit=self.max_limit,
+            initial_limit=min(max(self.initial_limit, self.min_limit), self.max_limit),
+            latency_tolerance=self.latency_tolerance,
+            congested_lag=self.congested_lag,
+            probe_interval=self.probe_interval,
+            queue_timeout=self.queue_timeout,
+            queue_max=self.queue_max,
         )
 
 
@@ -211,6 +239,8 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(8000, ge=1)
     max_body_bytes: int = Field(65_536, ge=1024)
     cors_origins: list[str] = ["http://localhost:3000"]
+
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
 
     rate_limit_per_minute: int | None = Field(None, ge=1, description="Chats per user per minute; off when unset")
     redis_url: OptionalText = None

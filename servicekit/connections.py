@@ -1,0 +1,226 @@
+"""Connections and file descriptors: slow clients, idle floods, and running out of descriptors.
+
+uvicorn has no timeout for reading a request: a client that sends its headers one byte at a
+time (slowloris), or connects and sends nothing, holds a connection and a descriptor forever;
+enough of them exhaust the descriptor limit. Then uvloop (libuv) accepts and at once closes
+every new connection, and the stdlib loop stops accepting for a second at a time: every chat
+fails, and with uvloop not a line is logged.
+
+`GuardedHttpToolsProtocol` is uvicorn's httptools protocol with two guards, selected with
+`uvicorn --http servicekit.connections:GuardedHttpToolsProtocol`:
+
+- a *request read timeout*: a request (headers and body) must arrive whole within
+  `SERVICEKIT_REQUEST_READ_TIMEOUT` seconds (default 10) of its first byte, or of the
+  connection opening; otherwise the connection gets `408` (or, if it sent nothing, is closed);
+- a *connection cap* below the descriptor limit and below 90% of `--limit-concurrency`
+  (which uvicorn counts connections against too): past it, idle connections (no request being
+  served) are closed to make room, as nginx reuses keep-alive connections; when none is idle,
+  the new connection gets `503` and is closed. Either way it is logged and counted, and
+  accepting never reaches EMFILE.
+
+`raise_open_files_limit` lifts the soft descriptor limit to the hard one at start-up, and
+`watch_accept_errors` logs and counts the accept failures the stdlib loop reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .logging import get_logger
+
+STATE_KEY = "connection_events"
+_ACCEPT_ERRNOS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS: "ENOBUFS", errno.ENOMEM: "ENOMEM"}
+_WARN_EVERY = 5.0  # seconds between repeated warnings of one kind: a flood must not flood the log
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns the (soft, hard) now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, hard  # some platforms cap below RLIM_INFINITY: keep what we have
+        soft = hard
+    return soft, hard
+
+
+def connection_cap(soft_limit: int) -> int:
+    """Connections allowed before idle ones are closed: the descriptor limit less a reserve.
+
+    The reserve covers what is not a client connection (outbound pools, the outbox, logs):
+    10% of the limit, at least 128 and at most 1024, or `SERVICEKIT_FD_RESERVE`.
+    """
+    configured = os.environ.get("SERVICEKIT_FD_RESERVE")
+    reserve = int(configured) if configured else min(1024, max(128, soft_limit // 10))
+    return max(1, soft_limit - reserve)
+
+
+class ConnectionEvents:
+    """Counts and logs what the connection guard and the accept loop do; lives in the lifespan state."""
+
+    def __init__(self, registry: CollectorRegistry, *, prefix: str) -> None:
+        self.log = get_logger("connections")
+        self.closed = Counter(
+            f"{prefix}_connections_closed_total",
+            "Connections closed by the server's guards, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.accept_errors = Counter(
+            f"{prefix}_accept_errors_total", "accept() failures reported by the event loop", ["errno"], registry=registry
+        )
+        ProcessCollector(registry=registry)  # process_open_fds, process_max_fds, RSS, CPU
+        self._last_warning: dict[str, float] = {}
+
+    def on_close(self, reason: str, count: int = 1, **fields: object) -> None:
+        """`read_timeout`, `idle_evicted` or `refused` (no descriptor to spare)."""
+        self.closed.labels(reason).inc(count)
+        if reason != "read_timeout":
+            self._warn(f"connections_{reason}", count=count, **fields)
+
+    def on_accept_error(self, name: str) -> None:
+        self.accept_errors.labels(name).inc()
+        self._warn("accept_failed", errno=name, open_fds=_open_fds())
+
+    def _warn(self, event: str, **fields: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(event, -_WARN_EVERY) >= _WARN_EVERY:
+            self._last_warning[event] = now
+            self.log.warning(event, **fields)
+
+
+def watch_accept_errors(loop: asyncio.AbstractEventLoop, events: ConnectionEvents) -> Callable[[], None]:
+    """Count and log accept() failing for want of descriptors or memory (the stdlib loop reports them).
+
+    Other loop errors go to the handler that was there before. uvloop reports none of these:
+    libuv closes the connection it cannot keep; the connection cap keeps us from getting there.
+    Returns what puts the previous handler back.
+    """
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in _ACCEPT_ERRNOS and "accept" in str(context.get("message", "")):
+            events.on_accept_error(_ACCEPT_ERRNOS[error.errno])
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return lambda: loop.set_exception_handler(previous)
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - not Linux
+        return -1
+
+
+def _response(status: bytes, body: bytes, *extra: bytes) -> bytes:
+    head = [b"HTTP/1.1 " + status, b"content-type: application/json", b"content-length: %d" % len(body), *extra]
+    return b"\r\n".join([*head, b"connection: close", b"", body])
+
+
+_REQUEST_TIMEOUT = _response(b"408 Request Timeout", b'{"detail":"Request not received in time"}')
+_NO_DESCRIPTORS = _response(b"503 Service Unavailable", b'{"detail":"Too many connections"}', b"retry-after: 1")
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a request read timeout and a connection cap."""
+
+    _read_timeout: float | None = None
+    _cap: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if cls._read_timeout is None:  # read once per process, after the lifespan raised the limit
+            cls._read_timeout = float(os.environ.get("SERVICEKIT_REQUEST_READ_TIMEOUT", "10"))
+            cls._cap = connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            if self.limit_concurrency:
+                # uvicorn answers 503 to every request once connections reach --limit-concurrency:
+                # evict idle ones first, so idle connections alone never get it there.
+                cls._cap = min(cls._cap, max(1, self.limit_concurrency * 9 // 10))
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._idle = True  # no request between its first byte and its response
+        self._reading_headers = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        assert self._cap is not None
+        if len(self.connections) >= self._cap and not self._make_room():
+            self.transport = transport
+            self._report("refused", connections=len(self.connections))
+            transport.write(_NO_DESCRIPTORS)
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm_read_timer()
+
+    def _make_room(self) -> bool:
+        """Close a tenth of the cap in idle connections; False if none was idle."""
+        assert self._cap is not None
+        idle = [c for c in self.connections if isinstance(c, GuardedHttpToolsProtocol) and c._idle]
+        victims = idle[: max(1, self._cap // 10)]
+        for victim in victims:
+            victim._disarm_read_timer()
+            victim.transport.close()
+            self.connections.discard(victim)  # closing completes later; count it gone now
+        if victims:
+            self._report("idle_evicted", count=len(victims), connections=len(self.connections))
+        return bool(victims)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._idle, self._reading_headers = False, True
+        self._arm_read_timer()
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm_read_timer()
+
+    def on_response_complete(self) -> None:
+        self._idle = True
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_read_timer()
+        super().connection_lost(exc)
+
+    def _arm_read_timer(self) -> None:
+        if self._read_timer is None and self._read_timeout:
+            self._read_timer = self.loop.call_later(self._read_timeout, self._read_timed_out)
+
+    def _disarm_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._idle and (self._reading_headers or not self.cycle.response_started):
+            self.transport.write(_REQUEST_TIMEOUT)  # a request began: say why it ends
+        self._report("read_timeout")
+        self.transport.close()
+
+    def _report(self, reason: str, count: int = 1, **fields: object) -> None:
+        events = self.app_state.get(STATE_KEY)
+        if isinstance(events, ConnectionEvents):
+            events.on_close(reason, count, **fields)

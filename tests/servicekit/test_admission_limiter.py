@@ -1,0 +1,291 @@
+"""The adaptive limiter, on a fake clock: it admits, queues, sheds and adapts as documented."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from servicekit.admission import AdmissionPolicy, Limiter, Permit, Shed
+from servicekit.admission._gradient import GradientLimit
+from servicekit.admission.testing import FakeClock
+
+
+def limiter(clock: FakeClock, **policy: object) -> Limiter:
+    return Limiter(AdmissionPolicy(**policy), clock=clock)  # type: ignore[arg-type]
+
+
+def run_batch(lim: Limiter, clock: FakeClock, count: int, latency: float) -> None:
+    """`count` requests admitted together, all finishing `latency` later."""
+    permits = [lim.try_acquire() for _ in range(count)]
+    assert all(permits), "the batch must fit the limit"
+    clock.advance(latency)
+    for permit in permits:
+        assert permit is not None
+        permit.release(completed=True)
+
+
+def congest(lim: Limiter, clock: FakeClock) -> None:
+    """From now on the loop runs its timers 10 ms late, and the lag monitor has seen it."""
+    clock.late_by = 0.01
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # starts the lag monitor
+    clock.advance(0.1)
+
+
+def probe(lim: Limiter, clock: FakeClock, latency: float) -> None:
+    """Get through the first probe: a congested update a second in, then uncrowded samples."""
+    late_by = clock.late_by
+    congest(lim, clock)
+    clock.advance(1.0)
+    run_batch(lim, clock, lim.limit, latency)  # an update that sees the limit reached and the loop late
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # admitting ticks the probe in
+    assert lim._gradient.probing
+    while lim._gradient.probing:
+        run_batch(lim, clock, 1, latency)
+    clock.late_by = late_by
+
+
+def test_admits_up_to_the_initial_limit_then_refuses_without_a_queue():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=5, queue_timeout=0)
+    permits = [lim.try_acquire() for _ in range(5)]
+    assert all(permits) and lim.in_flight == 5
+    assert lim.try_acquire() is None
+    permits[0].release(completed=True)  # type: ignore[union-attr]
+    permits[0].release(completed=True)  # type: ignore[union-attr]  # twice: still one slot
+    assert lim.in_flight == 4
+
+
+async def test_a_full_limiter_without_queue_sheds_at_once():
+    lim = limiter(FakeClock(), initial_limit=1, min_limit=1, queue_timeout=0)
+    assert lim.try_acquire() is not None
+    with pytest.raises(Shed) as shed:
+        await lim.acquire()
+    assert shed.value.reason == "queue_full"
+
+
+async def test_a_queued_request_gets_the_next_free_slot_in_order():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=1, min_limit=1)
+    first = await lim.acquire()
+    waiters = [asyncio.create_task(lim.acquire()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert lim.queued == 2 and not any(w.done() for w in waiters)
+    first.release(completed=True)
+    await asyncio.sleep(0)
+    assert waiters[0].done() and not waiters[1].done()
+    assert lim.in_flight == 1  # the slot was handed over, never free
+    waiters[0].result().release(completed=True)
+    (await waiters[1]).release(completed=True)
+    assert lim.in_flight == 0 and lim.queued == 0
+
+
+async def test_a_queued_request_is_shed_at_its_deadline():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=1, min_limit=1, queue_timeout=0.1)
+    held = await lim.acquire()
+    early = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+    clock.advance(0.05)
+    late = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+    clock.advance(0.06)  # past the first deadline only
+    await asyncio.sleep(0)
+    with pytest.raises(Shed) as shed:
+        await early
+    assert shed.value.reason == "queue_timeout"
+    assert not late.done()
+    held.release(completed=True)
+    (await late).release(completed=True)
+    assert lim.in_flight == 0
+
+
+async def test_the_queue_refuses_at_once_when_the_wait_would_pass_half_the_deadline():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=2, min_limit=1, queue_timeout=0.1)
+    run_batch(lim, clock, 2, 0.04)  # service time 40 ms at a limit of 2: 20 ms per place in line
+    held = [await lim.acquire() for _ in range(2)]
+    queued = [asyncio.create_task(lim.acquire()) for _ in range(2)]  # 2 places * 20 ms = 40 ms <= 50 ms
+    await asyncio.sleep(0)
+    assert lim.queued == 2
+    with pytest.raises(Shed) as shed:
+        await lim.acquire()  # a 3rd would wait ~60 ms: more than half the deadline
+    assert shed.value.reason == "queue_full"
+    for task in queued:
+        task.cancel()
+    for permit in held:
+        permit.release(completed=False)
+    await asyncio.gather(*queued, return_exceptions=True)
+    assert lim.in_flight == 0
+
+
+async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot_is_not_lost():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=1, min_limit=1)
+    held = await lim.acquire()
+    leaving = asyncio.create_task(lim.acquire())
+    staying = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+    held.release(completed=True)  # the slot goes to `leaving`...
+    leaving.cancel()  # ...which is cancelled before it could run
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    permit = await staying
+    assert isinstance(permit, Permit) and lim.in_flight == 1
+    permit.release(completed=True)
+    assert lim.in_flight == 0
+
+
+def test_the_first_congestion_probes_the_latency_without_load():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
+    congest(lim, clock)
+    run_batch(lim, clock, 20, 0.05)
+    clock.advance(0.1)
+    run_batch(lim, clock, 20, 0.05)
+    assert lim.limit == 20 and lim.min_latency is None  # the first second: no probe yet
+    clock.advance(1.0)
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]
+    assert lim.limit == 3  # probing: only the floor may run
+    for _ in range(5):
+        run_batch(lim, clock, 1, 0.002)
+    assert lim.min_latency == pytest.approx(0.002)
+    assert lim.limit == 20
+
+
+def test_queueing_lowers_the_limit_and_its_absence_raises_it():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=40, min_limit=3, probe_samples=5, max_limit=200)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)  # the loop runs its timers late: this process is queueing for the CPU
+    for _ in range(5):  # 40 in flight at 4x the no-load latency: queueing
+        run_batch(lim, clock, min(lim.limit, 40), 0.008)
+        clock.advance(0.1)
+    shrunk = lim.limit
+    assert shrunk < 40
+    clock.late_by = 0.0
+    for _ in range(10):  # at no-load latency and using the whole limit: room to grow
+        run_batch(lim, clock, lim.limit, 0.002)
+        clock.advance(0.1)
+    assert lim.limit > shrunk * 2
+    assert lim.limit <= 200
+
+
+def test_an_idle_service_does_not_grow_its_limit():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, probe_samples=5)
+    probe(lim, clock, 0.002)
+    for _ in range(20):  # 2 at a time, fast: far below half the limit
+        run_batch(lim, clock, 2, 0.002)
+        clock.advance(0.1)
+    assert lim.limit == 20
+
+
+def test_no_probe_pins_the_limit_while_the_loop_is_on_time():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, max_limit=20)
+    for _ in range(30):  # 3 s of a slow dependency, no queueing here
+        run_batch(lim, clock, 20, 0.3)
+    assert not lim._gradient.probing and lim.limit == 20
+
+
+def test_a_slower_dependency_without_queueing_here_does_not_lower_the_limit():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5, max_limit=100)
+    probe(lim, clock, 0.002)
+    for _ in range(10):  # the model now takes 100x longer, but the loop runs on time
+        run_batch(lim, clock, lim.limit, 0.2)
+        clock.advance(0.1)
+    assert lim.limit > 10  # in use and not queueing: room to grow, not a reason to shed
+
+
+def test_a_late_loop_does_not_cut_a_limit_that_is_not_reached():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)  # another process takes the CPU, or code runs cold
+    for _ in range(20):  # 6 at a time, 25x slower: the limit of 20 is not what holds anyone back
+        run_batch(lim, clock, 6, 0.05)
+        clock.advance(0.1)
+    assert lim.limit == 20 and not lim._gradient.probing
+
+
+def test_a_limit_stuck_at_the_floor_measures_the_latency_without_load_again():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    for _ in range(30):  # the dependency became 50x slower: no limit brings latency back
+        run_batch(lim, clock, lim.limit, 0.1)
+        clock.advance(0.1)
+        if lim._gradient.probing:
+            break
+    assert lim._gradient.probing
+    for _ in range(5):
+        run_batch(lim, clock, 1, 0.1)
+    assert lim.min_latency == pytest.approx(0.1)  # the new normal
+
+
+def test_probes_recur_at_the_interval_with_jitter():
+    clock = FakeClock()
+    gradient = GradientLimit(AdmissionPolicy(probe_interval=60, probe_jitter=0.15, probe_samples=1), clock.now())
+    clock.advance(1.0)
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())  # an update at the limit; no lag source: late
+    gradient.tick(clock.now())
+    clock.advance(0.01)
+    gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
+    assert not gradient.probing
+    clock.advance(60 * 0.85 - 0.01)
+    gradient.tick(clock.now())
+    assert not gradient.probing
+    clock.advance(60 * 0.3)
+    gradient.tick(clock.now())
+    assert gradient.probing
+
+
+def test_crowded_requests_do_not_count_as_latency_without_load():
+    clock = FakeClock()
+    gradient = GradientLimit(AdmissionPolicy(probe_samples=2, probe_max_seconds=5), clock.now())
+    clock.advance(1.0)
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())
+    gradient.tick(clock.now())
+    clock.advance(0.5)
+    gradient.observe(0.5, 10, uncrowded=False, now=clock.now())  # admitted crowded
+    gradient.observe(0.6, 3, uncrowded=True, now=clock.now())  # admitted alone, before the probe: others came after
+    assert gradient.probing and gradient.min_latency is None
+    clock.advance(0.01)
+    gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
+    gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
+    assert gradient.min_latency == pytest.approx(0.01)
+
+
+def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
+    clock = FakeClock()
+    gradient = GradientLimit(AdmissionPolicy(probe_samples=20, probe_max_seconds=1.0), clock.now())
+    clock.advance(1.0)
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())
+    gradient.tick(clock.now())
+    gradient.observe(0.3, 1, uncrowded=True, now=clock.now())
+    assert gradient.probing
+    clock.advance(1.0)
+    gradient.observe(0.4, 1, uncrowded=True, now=clock.now())
+    assert not gradient.probing and gradient.min_latency == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_limit": 0},
+        {"min_limit": 5, "initial_limit": 4},
+        {"initial_limit": 600},
+        {"latency_tolerance": -1},
+        {"congested_lag": -0.001},
+        {"probe_jitter": 1.0},
+        {"update_interval": 0},
+        {"probe_samples": 0},
+        {"queue_timeout": -0.1},
+    ],
+)
+def test_a_nonsensical_policy_is_refused(bad):
+    with pytest.raises(ValueError):
+        AdmissionPolicy(**bad)
