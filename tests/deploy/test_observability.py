@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from analytics_service.core.metrics import AnalyticsMetrics
 from chat_service.core.metrics import ChatMetrics
+from servicekit.admission import AdmissionMetrics
+from servicekit.connections import ConnectionEvents
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yaml"
@@ -31,7 +33,10 @@ PROMETHEUS_OWN = {"up"}  # written by Prometheus for every scrape target
 def exported_series() -> set[str]:
     """Every sample name the two services can put in /metrics (labelled families included)."""
     names: set[str] = set()
-    for metrics in (ChatMetrics(CollectorRegistry()), AnalyticsMetrics(CollectorRegistry())):
+    chat = ChatMetrics(CollectorRegistry())
+    AdmissionMetrics(chat.registry, prefix="chat")  # as chat_service.main makes them
+    ConnectionEvents(chat.registry, prefix="chat")
+    for metrics in (chat, AnalyticsMetrics(CollectorRegistry())):
         for family in metrics.registry.collect():
             if family.type == "counter":
                 names |= {family.name + "_total"}
