@@ -33,7 +33,11 @@ def log_lines(path: str) -> list[dict[str, object]]:
 def test_a_chat_is_one_trace_across_chat_and_analytics_with_attempts_and_breaker_events(make_stack):
     with OtlpReceiver() as receiver:
         otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-        breaker = {"CHAT_ANALYTICS_READ__BREAKER_MODE": "consecutive", "CHAT_ANALYTICS_READ__BREAKER_FAILURES": "2"}
+        breaker = {
+            "CHAT_ANALYTICS_READ__BREAKER_MODE": "consecutive",
+            "CHAT_ANALYTICS_READ__BREAKER_FAILURES": "2",
+            "CHAT_SHUTDOWN_FLUSH_SECONDS": "0.5",  # analytics is dead by then: no need to wait for it
+        }
         stack = make_stack(analytics_extra=otel, chat_extra={**otel, **breaker})
         trace_id, header = traceparent()
         response = httpx.post(
@@ -87,3 +91,6 @@ def test_a_chat_is_one_trace_across_chat_and_analytics_with_attempts_and_breaker
         assert attempts[0].events[0][1]["reason"] in ("connect", "transport")  # refused, or a pooled connection found dead
         assert read.event_names() == ["retry_scheduled", "fallback"]
         assert read.events[1][1]["reason"] == "breaker_open" and read.attributes["resilience.outcome"] == "breaker_open"
+        # Stopped while the receiver still listens: their exporters' last flush has somewhere to go.
+        stack.chat.stop()
+        stack.analytics.stop()
