@@ -37,7 +37,7 @@ from .outbox import Outbox
 from .rate_limit import build_rate_limiter
 
 # The work routes: what costs model time and records a message. Everything else is never shed.
-ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat/stream"))
+ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat"), ("POST", "/chat/stream"))
 
 TAGS = [
     {"name": "chat", "description": "Talk to the agent"},
@@ -67,15 +67,16 @@ def create_app(
         hooks = (log_event, metrics.on_resilience_event)
         tracer = tracing.tracer("chat_service") if tracing is not None else None
         open_files = raise_open_files_limit()[0]
-        admission = Limiter(settings.admission.to_policy()) if settings.admission.enabled else None
-        if admission is not None:
-            admission_metrics.bind(admission)
         # Every resource is entered on the stack as soon as it exists, so a failing start-up step
         # or a failing flush still closes everything opened before it, in reverse order.
         async with AsyncExitStack() as resources:
             if tracing is not None:
                 tracing.start()  # before any client exists: their aiohttp sessions carry the trace
                 resources.callback(tracing.stop)  # last out: the flush's spans are exported too
+            admission = Limiter(settings.admission.to_policy()) if settings.admission.enabled else None
+            if admission is not None:
+                admission_metrics.bind(admission)
+                resources.callback(admission.close)
             resources.callback(watch_accept_errors(asyncio.get_running_loop(), connection_events))
             http = await resources.enter_async_context(
                 httpx.AsyncClient(

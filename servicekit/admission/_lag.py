@@ -22,6 +22,10 @@ class LoopLag:
         self._timer: Timer | None = None
         self._due = 0.0
 
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
+
     def start(self) -> None:
         """Start measuring (needs the running loop); idempotent."""
         if self._timer is None:

@@ -85,6 +85,13 @@ class Limiter:
     def min_latency(self) -> float | None:
         return self._gradient.min_latency
 
+    def close(self) -> None:
+        """Stop the loop-lag timer and the queue's expiry timer (at shutdown)."""
+        self.loop_lag.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def try_acquire(self) -> Permit | None:
         """A permit if a slot is free now and nobody is queued ahead, else None."""
         self.loop_lag.start()

@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 import chat_service.main
 from chat_service.delivery import Deliverer
 from chat_service.main import create_app
+from servicekit.admission import Limiter
 from tests.chat.conftest import chat_settings
 
 
@@ -106,3 +107,23 @@ async def test_a_failing_startup_step_after_auth_stops_the_jwks_refresher(tmp_pa
         async with LifespanManager(app):
             pass
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-") and not t.done()]
+
+
+async def test_shutdown_stops_the_admission_timers(tmp_path, monkeypatch):
+    made: list[Limiter] = []
+
+    class Recorded(Limiter):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append(self)
+
+    monkeypatch.setattr(chat_service.main, "Limiter", Recorded)
+    app = create_app(chat_settings(tmp_path), transport=ClosingTransport())
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://chat") as client,
+    ):
+        assert (await client.post("/chat/", json={"user_id": "alice", "text": "hi"})).status_code == 200
+        [limiter] = made
+        assert limiter.loop_lag.running  # the first admitted request started it
+    assert not limiter.loop_lag.running

@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as redis
-from limits.aio.storage import MemoryStorage
 
-from chat_service.rate_limit import REDIS_POLICY, RateLimiter
+from chat_service.rate_limit import REDIS_POLICY, MovingWindow, RateLimiter
 from load_tests.faultproxy import Fault, FaultProxy
 from load_tests.processes import free_port
 from tests.conftest import REDIS_URL
@@ -29,7 +28,7 @@ async def wait_for_clock(condition: Callable[[float], bool], timeout: float = 5.
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def limiter(request) -> AsyncIterator[RateLimiter]:
     if request.param == "memory":
-        limiter = RateLimiter(3, MemoryStorage(), window=1)
+        limiter = RateLimiter(3, window=1)
     else:
         limiter = RateLimiter.in_redis(REDIS_URL, 3, window=1, prefix=f"test-{uuid.uuid4().hex}")
     yield limiter
@@ -46,7 +45,7 @@ async def test_no_burst_gets_through_at_the_edge_of_a_window(limiter):
     assert time.time() - first < 1.0, "precondition: still within one window of the first hit"
     assert not denied.allowed and denied.retry_after == 1
     assert (await limiter.hit("someone-else")).allowed, "limits are per key"
-    await wait_for_clock(lambda now: now > first + 1.0)
+    await wait_for_clock(lambda now: now > first + 1.05)
     assert (await limiter.hit("u")).allowed, "a slot frees as the oldest hit leaves the window"
 
 
@@ -88,7 +87,9 @@ async def test_a_blackholed_redis_costs_a_chat_microseconds_once_the_breaker_ope
     host, port = REDIS_URL.removeprefix("redis://").split("/")[0].split(":")
     proxy = await FaultProxy((host, int(port))).start()
     policy = dataclasses.replace(REDIS_POLICY, breaker_reset=0.3)
-    limiter = RateLimiter.in_redis(f"redis://127.0.0.1:{proxy.port}/0", 1, prefix=f"test-{uuid.uuid4().hex}", policy=policy)
+    limiter = RateLimiter.in_redis(
+        f"redis://127.0.0.1:{proxy.port}/0", 1, prefix=f"test-{uuid.uuid4().hex}", policy=policy
+    )
     try:
         assert (await limiter.hit("u")).allowed
         proxy.set(Fault("blackhole"))
@@ -108,3 +109,17 @@ async def test_a_blackholed_redis_costs_a_chat_microseconds_once_the_breaker_ope
     finally:
         await limiter.close()
         await proxy.stop()
+
+
+def test_the_in_process_window_refuses_until_the_oldest_hit_leaves_and_forgets_idle_users():
+    now = [100.0]
+    window = MovingWindow(2, 60, clock=lambda: now[0])
+    assert window.hit("u") == 0 and window.hit("u") == 0
+    now[0] += 10
+    assert window.hit("u") == pytest.approx(50.0), "refused: the first hit leaves the window in 50 s"
+    assert window.hit("v") == 0, "limits are per key"
+    now[0] += 50
+    assert window.hit("u") == 0
+    now[0] += 121  # two windows with no hit from anyone: the next hit sweeps them away
+    assert window.hit("w") == 0
+    assert len(window) == 1
