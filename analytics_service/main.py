@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from servicekit.connections import server_settings
 from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         configure_logging(level=settings.log_level, fmt=settings.log_format, trace_ids=tracing is not None)
+        server_settings()  # the connection guard's settings: a bad value fails here, not per connection
         async with AsyncExitStack() as resources:
             if tracing is not None:
                 tracing.start()

@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from servicekit.validation import AwareIsoDatetime, UserId
+from servicekit.validation import KEY_PATTERN, AwareIsoDatetime, UserId
 
 MessageId = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$"),
+    StringConstraints(pattern=KEY_PATTERN),
     Field(description="1-128 of letters, digits, _ . : @ -; unique per user (an idempotency key)"),
 ]
 Timestamp = Annotated[AwareIsoDatetime, Field(description="ISO 8601 with a UTC offset, e.g. 2025-04-06T12:00:00Z")]

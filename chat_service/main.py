@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from resilience import Pipeline, classify_httpx, log_event
 from servicekit.admission import AdmissionMetrics, AdmissionMiddleware, Limiter
-from servicekit.connections import ConnectionEvents, raise_open_files_limit, watch_accept_errors
+from servicekit.connections import ConnectionEvents, raise_open_files_limit, server_settings, watch_accept_errors
 from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
 from servicekit.logging import configure_logging, get_logger
@@ -66,6 +66,7 @@ def create_app(
         log = get_logger("lifespan")
         hooks = (log_event, metrics.on_resilience_event)
         tracer = tracing.tracer("chat_service") if tracing is not None else None
+        server_settings()  # the connection guard's settings: a bad value fails here, not per connection
         open_files = raise_open_files_limit()[0]
         # Every resource is entered on the stack as soon as it exists, so a failing start-up step
         # or a failing flush still closes everything opened before it, in reverse order.

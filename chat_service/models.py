@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, RootModel, StringConstraints
 
-from servicekit.validation import IsoDatetime, UserId
+from servicekit.validation import KEY_PATTERN, IsoDatetime, UserId
 
 MAX_TEXT_CHARS = 100_000  # a hard ceiling; CHAT_MAX_TEXT_CHARS sets the working cap below it
 
@@ -34,7 +34,7 @@ def _utc_now() -> datetime:
 
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+SessionId = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
 UtcDatetime = Annotated[IsoDatetime, AfterValidator(_as_utc)]
 
 TUTORIAL_MESSAGE: dict[str, JsonValue] = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import resource
 import time
@@ -33,6 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .logging import get_logger
@@ -40,6 +43,23 @@ from .logging import get_logger
 STATE_KEY = "connection_events"
 _ACCEPT_ERRNOS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS: "ENOBUFS", errno.ENOMEM: "ENOMEM"}
 _WARN_EVERY = 5.0  # seconds between repeated warnings of one kind: a flood must not flood the log
+
+
+class ServerSettings(BaseSettings):
+    """The connection guard's settings, shared by both services: SERVICEKIT_REQUEST_READ_TIMEOUT=10, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVICEKIT_", extra="ignore")
+
+    request_read_timeout: float = Field(10.0, gt=0, description="Seconds for a whole request to arrive (408 past it)")
+    fd_reserve: int | None = Field(
+        None, ge=0, description="Descriptors kept for other than client connections; default 10% of the limit, 128-1024"
+    )
+
+
+@functools.cache
+def server_settings() -> ServerSettings:
+    """Read once per process; the lifespans call it at start-up, so a bad value fails start-up clearly."""
+    return ServerSettings()
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -60,8 +80,8 @@ def connection_cap(soft_limit: int) -> int:
     The reserve covers what is not a client connection (outbound pools, the outbox, logs):
     10% of the limit, at least 128 and at most 1024, or `SERVICEKIT_FD_RESERVE`.
     """
-    configured = os.environ.get("SERVICEKIT_FD_RESERVE")
-    reserve = int(configured) if configured else min(1024, max(128, soft_limit // 10))
+    configured = server_settings().fd_reserve
+    reserve = configured if configured is not None else min(1024, max(128, soft_limit // 10))
     return max(1, soft_limit - reserve)
 
 
@@ -147,7 +167,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         cls = type(self)
         if cls._read_timeout is None:  # read once per process, after the lifespan raised the limit
-            cls._read_timeout = float(os.environ.get("SERVICEKIT_REQUEST_READ_TIMEOUT", "10"))
+            cls._read_timeout = server_settings().request_read_timeout
             cls._cap = connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
             if self.limit_concurrency:
                 # uvicorn answers 503 to every request once connections reach --limit-concurrency:

@@ -21,6 +21,9 @@ from .logging import get_logger
 from .metrics import HttpMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# Set in the request's state when the body grew past the cap and the client got 413: the
+# disconnect the app then reads is ours, not the client leaving (admission must not count it).
+BODY_REFUSED_KEY = "body_refused"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
@@ -98,6 +101,7 @@ class RequestContextMiddleware:
                 if seen > self.max_body_bytes:
                     if not refused:
                         refused, status = True, 413
+                        scope["state"][BODY_REFUSED_KEY] = True
                         await _send_json(send, 413, {"detail": "Request body too large"}, request_id)
                     return {"type": "http.disconnect"}  # stops the app from reading further
             return message

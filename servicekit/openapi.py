@@ -18,6 +18,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from .validation import KEY_PATTERN
+
 Schema = dict[str, Any]
 SchemaEdit = Callable[[Schema], None]
 
@@ -111,7 +113,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        pattern=r"^[A-Za-z0-9_.:@-]{1,128}$",
+        pattern=KEY_PATTERN,
         description="Makes a retried request safe: the same key within its lifetime returns the first answer",
     ),
 ]

@@ -60,10 +60,13 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601_only)]
 AwareIsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_8601_only)]
 
 
-def _empty_is_unset(value: object) -> object:
-    # Compose and Kubernetes pass unset variables as "": that must not mean "set to nothing".
+def empty_is_unset(value: object) -> object:
+    """Compose and Kubernetes pass unset variables as "": that must mean "unset", not "set to nothing"."""
     return None if value == "" else value
 
 
-OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
-OptionalText = Annotated[str | None, BeforeValidator(_empty_is_unset)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(empty_is_unset)]
+OptionalText = Annotated[str | None, BeforeValidator(empty_is_unset)]
+
+# An opaque key a client or a service makes up: a session id, a message id, an idempotency key.
+KEY_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"

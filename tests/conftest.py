@@ -16,6 +16,18 @@ from analytics_service.core.config import Settings as AnalyticsSettings
 from analytics_service.main import create_app as create_analytics
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# The services read these from the environment; a developer's own (say CHAT_AUTH_JWT_SECRET,
+# exported for compose) must not change what the tests see, in process or in the processes
+# they start (which inherit os.environ).
+_SETTINGS_PREFIXES = ("CHAT_", "ANALYTICS_", "OPENAI_", "SERVICEKIT_", "OTEL_", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module is imported: some build apps (and so read settings) at import.
+    for name in list(os.environ):
+        if name.startswith(_SETTINGS_PREFIXES):
+            del os.environ[name]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

@@ -23,19 +23,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from resilience import BreakerMode, Policy, Timeouts
 from servicekit.admission import AdmissionPolicy
 from servicekit.logging import LogFormat
-from servicekit.validation import OptionalSecret, OptionalText
+from servicekit.validation import OptionalSecret, OptionalText, empty_is_unset
 
 from ..auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, HMAC_MIN_BYTES
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _empty_is_unset(value: object) -> object:
-    # Compose and Kubernetes pass unset variables as "": that must mean "off", not an error.
-    return None if value == "" else value
-
-
-OptionalSeconds = Annotated[float | None, BeforeValidator(_empty_is_unset), Field(gt=0)]
+OptionalSeconds = Annotated[float | None, BeforeValidator(empty_is_unset), Field(gt=0)]
 
 
 class PolicySettings(BaseModel):

@@ -192,12 +192,6 @@ def count(db: sqlite3.Connection, owners: Sequence[int] | None = None) -> int:
     return sum(int(db.execute("SELECT count(*) FROM outbox WHERE owner = ?", (o,)).fetchone()[0]) for o in owners)
 
 
-def span(db: sqlite3.Connection) -> int:
-    """The id span: exact with one process delivering in order, an upper bound otherwise. O(log n)."""
-    low, high = db.execute("SELECT min(id), max(id) FROM outbox").fetchone()
-    return 0 if low is None else int(high - low + 1)
-
-
 def dead_letter_count(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 

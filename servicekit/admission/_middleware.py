@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..middleware import BODY_REFUSED_KEY
 from ._limiter import Limiter, Permit, Shed
 
 STATE_KEY = "admission"
@@ -133,7 +134,8 @@ class AdmissionMiddleware:
             return
         body = await _read_body(receive)
         if body is None:
-            self.on_event("client_gone")
+            if not scope["state"].get(BODY_REFUSED_KEY):  # a body over the cap was answered 413 outside
+                self.on_event("client_gone")
             await _send_closed(send)
             return
         permit: Permit | None = limiter.try_acquire()

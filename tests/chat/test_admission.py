@@ -34,3 +34,15 @@ async def test_a_full_chat_sheds_on_either_path_while_health_answers(chat_with, 
         assert (await chat.get("/healthz")).status_code == 200
         release.set()
         assert (await first).status_code == 200
+
+
+async def test_a_body_refused_as_too_large_is_not_counted_as_a_client_that_left(chat_with, analytics_transport):
+    async def oversized():
+        for _ in range(10):
+            yield b"x" * 1024
+
+    async with chat_with(analytics_transport, max_body_bytes=2048) as chat:
+        refused = await chat.post("/chat/", content=oversized(), headers={"content-type": "application/json"})
+        assert refused.status_code == 413
+        metrics = (await chat.get("/metrics")).text
+    assert 'reason="client_gone"' not in metrics

@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from pydantic import ValidationError
 
 import chat_service.main
 from chat_service.delivery import Deliverer
 from chat_service.main import create_app
 from servicekit.admission import Limiter
+from servicekit.connections import server_settings
 from tests.chat.conftest import chat_settings
 
 
@@ -127,3 +129,15 @@ async def test_shutdown_stops_the_admission_timers(tmp_path, monkeypatch):
         [limiter] = made
         assert limiter.loop_lag.running  # the first admitted request started it
     assert not limiter.loop_lag.running
+
+
+async def test_a_bad_connection_guard_setting_fails_startup_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("SERVICEKIT_REQUEST_READ_TIMEOUT", "soon")
+    server_settings.cache_clear()
+    try:
+        app = create_app(chat_settings(tmp_path), transport=ClosingTransport())
+        with pytest.raises(ValidationError, match="request_read_timeout"):
+            async with LifespanManager(app):
+                pass
+    finally:
+        server_settings.cache_clear()

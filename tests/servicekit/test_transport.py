@@ -286,9 +286,11 @@ async def test_connect_timeout_is_its_own_limit_not_the_pool_one():
 
 
 async def test_the_pool_limit_holds_and_times_out(wire):
-    _, client = wire
+    server, client = wire
     hanging = [asyncio.create_task(client.get(f"/hang/{n}")) for n in range(2)]
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        while len(server.requests) < 2:  # both slots are taken once the server holds both requests
+            await asyncio.sleep(0.005)
     with pytest.raises(httpx.PoolTimeout):
         await client.get("/ok/1", timeout=httpx.Timeout(1.0, pool=0.05))
     for task in hanging:
