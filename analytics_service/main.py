@@ -17,6 +17,7 @@ from servicekit.logging import configure_logging
 from servicekit.middleware import RequestContextMiddleware
 from servicekit.openapi import bearer_auth, edit_openapi, operation_id
 from servicekit.runtime import freeze_startup_objects
+from servicekit.tracing import Tracing
 
 from .api import analytics, health
 from .api.deps import State
@@ -32,16 +33,23 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the database opens in the lifespan, not here."""
+def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> FastAPI:
+    """Build the app; the database opens in the lifespan, not here.
+
+    `tracing` defaults to what the OTEL_* variables ask for (usually nothing: see docs/observability.md).
+    """
     settings = settings or Settings()
     metrics = AnalyticsMetrics(CollectorRegistry())
+    tracing = tracing or Tracing.from_environ("analytics")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        configure_logging(level=settings.log_level, fmt=settings.log_format)
+        configure_logging(level=settings.log_level, fmt=settings.log_format, trace_ids=tracing is not None)
         server_settings()  # the connection guard's settings: a bad value fails here, not per connection
         async with AsyncExitStack() as resources:
+            if tracing is not None:
+                tracing.start()
+                resources.callback(tracing.stop)
             store = GuardedStore(
                 open_store(
                     settings.database_url,
@@ -88,12 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(DatabaseUnavailable)
     async def database_unavailable(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
         # A database outage is not a bug: no traceback, and clients may come back later.
-        return JSONResponse(
-            {"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
-        )
+        return JSONResponse({"detail": "Database unavailable"}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
     app.include_router(health.router)
     app.include_router(analytics.router)
+    if tracing is not None:
+        tracing.instrument_app(app)
     return app
 
 

@@ -49,6 +49,14 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
         self._maintained = 0.0
+        self._progressed_at = time.monotonic()  # the last time the outbox was found empty or a batch went out
+
+    def stalled_seconds(self) -> float:
+        """Seconds since this deliverer last found nothing to send or had a batch acknowledged.
+
+        While records wait, that bounds how long delivery has been stuck (`chat_outbox_stalled_seconds`).
+        """
+        return time.monotonic() - self._progressed_at
 
     def notify(self) -> None:
         self._wake.set()
@@ -89,6 +97,7 @@ class Deliverer:
         """Send one batch; True when it was acknowledged (so there may be more to do)."""
         claimed = await self.outbox.next_batch(self.batch)
         if not claimed:
+            self._progressed_at = time.monotonic()
             return False
         ids = [row_id for row_id, _ in claimed]
         outcome = await self.client.record_batch([item for _, item in claimed])
@@ -96,6 +105,7 @@ class Deliverer:
             await self.outbox.acknowledge(ids)
             self.delivered += len(ids)
             self._failures = 0
+            self._progressed_at = time.monotonic()
             return True
         if outcome.status in REFUSED_AS_INVALID:
             await self._isolate(claimed)

@@ -20,6 +20,7 @@ from servicekit.logging import configure_logging, get_logger
 from servicekit.middleware import RequestContextMiddleware
 from servicekit.openapi import edit_openapi, operation_id, set_max_length
 from servicekit.runtime import freeze_startup_objects
+from servicekit.tracing import Tracing
 from servicekit.transport import AiohttpTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
@@ -45,26 +46,34 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None, tracing: Tracing | None = None
+) -> FastAPI:
     """Build the app; clients, the outbox and the agent are created in the lifespan.
 
     `transport` replaces the network under the analytics client (tests pass a MockTransport).
+    `tracing` defaults to what the OTEL_* variables ask for (usually nothing: see docs/observability.md).
     """
     settings = settings or Settings()
     metrics = ChatMetrics(CollectorRegistry())
+    tracing = tracing or Tracing.from_environ("chat")
     admission_metrics = AdmissionMetrics(metrics.registry, prefix="chat")
     connection_events = ConnectionEvents(metrics.registry, prefix="chat")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        configure_logging(level=settings.log_level, fmt=settings.log_format)
+        configure_logging(level=settings.log_level, fmt=settings.log_format, trace_ids=tracing is not None)
         log = get_logger("lifespan")
         hooks = (log_event, metrics.on_resilience_event)
+        tracer = tracing.tracer("chat_service") if tracing is not None else None
         server_settings()  # the connection guard's settings: a bad value fails here, not per connection
         open_files = raise_open_files_limit()[0]
         # Every resource is entered on the stack as soon as it exists, so a failing start-up step
         # or a failing flush still closes everything opened before it, in reverse order.
         async with AsyncExitStack() as resources:
+            if tracing is not None:
+                tracing.start()  # before any client exists: their aiohttp sessions carry the trace
+                resources.callback(tracing.stop)  # last out: the flush's spans are exported too
             admission = Limiter(settings.admission.to_policy()) if settings.admission.enabled else None
             if admission is not None:
                 admission_metrics.bind(admission)
@@ -79,8 +88,12 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             )
             analytics = AnalyticsClient(
                 http,
-                read=Pipeline("analytics-read", settings.analytics_read.to_policy(), on=classify_httpx, hooks=hooks),
-                record=Pipeline("analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks),
+                read=Pipeline(
+                    "analytics-read", settings.analytics_read.to_policy(), on=classify_httpx, hooks=hooks, tracer=tracer
+                ),
+                record=Pipeline(
+                    "analytics-record", settings.analytics_record.to_policy(), on=classify_httpx, hooks=hooks, tracer=tracer
+                ),
                 token=settings.analytics_api_token,
             )
             outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows, reserve_bytes=settings.outbox_reserve_bytes)
@@ -91,14 +104,14 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
             deliverer = Deliverer(outbox, analytics, batch=settings.outbox_batch, linger=settings.outbox_linger)
             deliverer.start()
             resources.push_async_callback(deliverer.stop)
-            llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics)
+            llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics, tracer=tracer)
             for endpoint in llm.endpoints:
-                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target, endpoint.limit)
+                metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target)
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url, prefix=settings.rate_limit_prefix)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
             authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
-            agents = PersonalizedAgents(build_agent(llm.model))
+            agents = PersonalizedAgents(build_agent(llm.model, tracer=tracer))
             freeze_startup_objects()
             log.info(
                 "chat_started",
@@ -163,6 +176,8 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)
+    if tracing is not None:
+        tracing.instrument_app(app)
     return app
 
 

@@ -5,6 +5,11 @@ processes and drives closed-loop load. Timeline: baseline -> SIGKILL analytics (
 then restarted) -> SIGSTOP analytics (then SIGCONT) -> SIGTERM chat and start it again ->
 tail. It then waits for chat's outbox to drain and checks that every user's analytics count
 equals the number of 200 replies that user got. It writes `report.json` and `report.png`.
+
+The phases tile the whole run (analytics' restart is a phase of its own), so every reply is in
+one phase's figures. The chart puts each reply in the second it was answered, drawn at the
+middle of that second, beside the read pipeline's fallbacks per second (sampled from chat's
+`/metrics`) and both breakers' states.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from .loadgen import percentile
 from .processes import ServiceProcess, analytics_env, chat_env
 
 COUNT = re.compile(r"You have sent (\d+) messages")
+READ_FALLBACKS = re.compile(r'^chat_analytics_fallbacks_total\{[^}]*target="analytics-read"[^}]*\} (\S+)$', re.MULTILINE)
+BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
 
 @dataclass
@@ -67,6 +74,8 @@ class ChaosRun:
     phases: list[Phase] = field(default_factory=list)
     transitions: list[dict[str, object]] = field(default_factory=list)
     returns: dict[str, float] = field(default_factory=dict)
+    fallback_samples: list[tuple[float, float]] = field(default_factory=list)  # (t, read fallbacks counted so far)
+    restart: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.prefix = f"chaos-{uuid.uuid4().hex[:6]}"
@@ -113,10 +122,14 @@ class ChaosRun:
 
     async def _watch_breakers(self) -> None:
         last: dict[str, str] = {}
+        ticks = 0
         async with httpx.AsyncClient(base_url=self.chat.url, timeout=2) as client:
             while self._running:
+                ticks += 1
                 try:
                     pipelines = (await client.get("/health/dependencies")).json()["analytics"]
+                    if ticks % 3 == 0:  # fallbacks every 0.3 s: a scrape costs chat more than a health read
+                        self._sample_fallbacks((await client.get("/metrics")).text)
                 except (httpx.HTTPError, ValueError, KeyError):
                     await asyncio.sleep(0.1)
                     continue
@@ -125,6 +138,9 @@ class ChaosRun:
                         self.transitions.append({"t": round(self.now(), 2), "pipeline": name, "state": view["breaker"]})
                         last[name] = view["breaker"]
                 await asyncio.sleep(0.1)
+
+    def _sample_fallbacks(self, metrics: str) -> None:
+        self.fallback_samples.append((self.now(), sum(float(value) for value in READ_FALLBACKS.findall(metrics))))
 
     async def _phase(self, name: str, seconds: float, *, fault: bool = False) -> None:
         phase = Phase(name, self.now(), fault=fault)
@@ -137,8 +153,10 @@ class ChaosRun:
         await self._phase("baseline", t.baseline)
         self.analytics.kill()
         await self._phase("analytics_killed", t.down, fault=True)
+        starting = Phase("analytics_restarting", self.now(), fault=True)  # still away until it answers
+        self.phases.append(starting)
         await asyncio.to_thread(self.analytics.start)
-        self.returns["after_kill"] = self.now()
+        starting.end = self.returns["after_kill"] = self.now()
         await self._phase("recovery_after_kill", t.recovery)
         self.analytics.signal(signal.SIGSTOP)
         await self._phase("analytics_frozen", t.frozen, fault=True)
@@ -148,8 +166,10 @@ class ChaosRun:
         phase = Phase("chat_restart", self.now(), fault=True)
         self.phases.append(phase)
         await asyncio.to_thread(self.chat.stop)
+        stopped = self.now()
         await asyncio.to_thread(self.chat.start)
         phase.end = self.now()
+        self.restart = {"sigterm": phase.start, "exited": stopped, "ready": phase.end}
         await self._phase("tail", t.tail)
 
     async def drive(self) -> None:
@@ -206,6 +226,34 @@ class ChaosRun:
         later = sorted((r for r in self.replies if r.started >= moment and r.count), key=lambda r: r.started)
         return round(later[0].started - moment, 2) if later else None
 
+    def _fallbacks_between(self, start: float, end: float) -> int:
+        """Read fallbacks counted by chat in [start, end), from the samples (a restarted chat counts from 0)."""
+        total, previous = 0.0, 0.0
+        for t, value in self.fallback_samples:
+            step = value - previous if value >= previous else value
+            previous = value
+            if start <= t < end:
+                total += step
+        return round(total)
+
+    def _restart_report(self) -> dict[str, float | int | None]:
+        """What a chat restart costs a single instance: shutdown (drain, outbox flush), start-up, and
+        the time no connection got through (from the first refused one to the next 200)."""
+        if not self.restart:
+            return {}
+        sigterm, exited, ready = self.restart["sigterm"], self.restart["exited"], self.restart["ready"]
+        refused = sorted(t for t in self.connection_errors if t >= sigterm)
+        first_refused = refused[0] if refused else None
+        answered = sorted(
+            r.started for r in self.replies if first_refused is not None and r.started >= first_refused and r.status == 200
+        )
+        return {
+            "shutdown_s": round(exited - sigterm, 2),
+            "startup_s": round(ready - exited, 2),
+            "unreachable_s": round(answered[0] - first_refused, 2) if first_refused is not None and answered else None,
+            "connection_errors": len(refused),
+        }
+
     def report(self, drained: bool) -> dict[str, object]:
         phases = {}
         for phase in self.phases:
@@ -219,6 +267,7 @@ class ChaosRun:
                 "non_2xx": sum(1 for r in inside if r.status != 200),
                 "zero_counts": sum(1 for r in inside if r.count == 0),
                 "connection_errors": sum(1 for t in self.connection_errors if phase.start <= t < phase.end),
+                "read_fallbacks": self._fallbacks_between(phase.start, phase.end),
                 "p50_ms": round(percentile(latencies, 0.5) * 1000, 1) if inside else None,
                 "p95_ms": round(percentile(latencies, 0.95) * 1000, 1) if inside else None,
                 "p99_ms": round(percentile(latencies, 0.99) * 1000, 1) if inside else None,
@@ -228,6 +277,8 @@ class ChaosRun:
             "breaker_reset": self.breaker_reset,
             "workers": self.workers,
             "phases": phases,
+            "unphased_requests": sum(1 for r in self.replies if not any(p.start <= r.started < p.end for p in self.phases)),
+            "chat_restart": self._restart_report(),
             "breaker_transitions": self.transitions,
             "counts_resumed_after_s": {k: self._resumed_after(v) for k, v in self.returns.items()},
             "outbox_drained": drained,
@@ -237,30 +288,69 @@ class ChaosRun:
         }
 
 
+def by_answer_second(replies: list[Reply]) -> list[list[float]]:
+    """Latencies (ms) by the second each reply was answered in: a slow reply counts where it ended,
+    so a fault's latency spike falls inside the fault's shading, never before it."""
+    end = int(max((r.started + r.latency for r in replies), default=0)) + 1
+    seconds: list[list[float]] = [[] for _ in range(end)]
+    for reply in replies:
+        seconds[int(reply.started + reply.latency)].append(reply.latency * 1000)
+    return seconds
+
+
+def fallbacks_per_second(samples: list[tuple[float, float]], seconds: int) -> list[float]:
+    """Read fallbacks per second from cumulative samples (a restarted chat counts from 0 again)."""
+    rate = [0.0] * seconds
+    previous_t, previous = 0.0, 0.0
+    for t, value in samples:
+        step = value - previous if value >= previous else value
+        if step and t > previous_t:  # spread the step over the time since the last sample
+            for second in range(int(previous_t), min(int(t) + 1, seconds)):
+                overlap = min(t, second + 1) - max(previous_t, second)
+                if overlap > 0:
+                    rate[second] += step * overlap / (t - previous_t)
+        previous_t, previous = t, value
+    return rate
+
+
 def chart(run: ChaosRun, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    end = int(max((r.started for r in run.replies), default=0)) + 1
-    seconds = range(end)
-    per_second: list[list[float]] = [[] for _ in seconds]
-    for reply in run.replies:
-        per_second[int(reply.started)].append(reply.latency * 1000)
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6))
-    top.plot(seconds, [len(s) for s in per_second], color="tab:blue")
-    top.set_ylabel("replies / s")
-    bottom.plot(seconds, [percentile(s, 0.5) if s else float("nan") for s in per_second], label="p50")
-    bottom.plot(seconds, [percentile(s, 0.99) if s else float("nan") for s in per_second], label="p99")
-    bottom.set_ylabel("latency (ms)")
-    bottom.set_xlabel("seconds since start")
-    bottom.legend()
+    per_second = by_answer_second(run.replies)
+    middles = [second + 0.5 for second in range(len(per_second))]  # a bucket is drawn at its middle
+    fig, (replies, latency, fallbacks, breakers) = plt.subplots(
+        4, 1, sharex=True, figsize=(11, 8.5), gridspec_kw={"height_ratios": [2, 2, 1.4, 1]}
+    )
+    replies.plot(middles, [len(s) for s in per_second], color="tab:blue")
+    replies.set_ylabel("replies / s")
+    latency.plot(middles, [percentile(s, 0.5) if s else float("nan") for s in per_second], label="p50")
+    latency.plot(middles, [percentile(s, 0.99) if s else float("nan") for s in per_second], label="p99")
+    latency.set_ylabel("latency (ms)")
+    latency.legend(loc="upper left")
+    fallbacks.plot(middles, fallbacks_per_second(run.fallback_samples, len(per_second)), color="tab:orange")
+    fallbacks.set_ylabel("read fallbacks / s")
+    for offset, pipeline in ((0.0, "read"), (0.08, "record")):
+        changes = [(0.0, 0)] + [
+            (float(str(t["t"])), BREAKER_LEVELS[str(t["state"])]) for t in run.transitions if t["pipeline"] == pipeline
+        ]
+        breakers.step(
+            [t for t, _ in changes] + [len(per_second)],
+            [level + offset for _, level in changes] + [changes[-1][1] + offset],
+            where="post",
+            label=pipeline,
+        )
+    breakers.set_yticks([0, 1, 2], ["closed", "half-open", "open"])
+    breakers.set_ylabel("breaker")
+    breakers.legend(loc="upper left")
+    breakers.set_xlabel("seconds since start (replies counted in the second they were answered)")
     for phase in run.phases:
         if phase.fault:
-            for axis in (top, bottom):
+            for axis in (replies, latency, fallbacks, breakers):
                 axis.axvspan(phase.start, phase.end, color="tab:red", alpha=0.15)
-            top.annotate(phase.name, (phase.start, 0), fontsize=8, rotation=90, va="bottom")
+            replies.annotate(phase.name, (phase.start, 0), fontsize=8, rotation=90, va="bottom")
     fig.suptitle("Chat under chaos (shaded: faults)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -285,7 +375,8 @@ def main() -> None:
     args = parser.parse_args()
     timings = Timings(**{name: getattr(args, name) for name in asdict(Timings())})
     report = run_chaos(args.out, timings, workers=args.workers)
-    print(json.dumps({k: report[k] for k in ("phases", "breaker_transitions", "counts_resumed_after_s", "loss_check")}, indent=1))
+    shown = ("phases", "breaker_transitions", "counts_resumed_after_s", "chat_restart", "unphased_requests", "loss_check")
+    print(json.dumps({k: report[k] for k in shown}, indent=1))
     print(f"report: {args.out}/report.json and report.png")
     loss = report["loss_check"]
     raise SystemExit(0 if report["non_2xx"] == 0 and not loss["lost"] and not loss["duplicated"] else 1)  # type: ignore[index]

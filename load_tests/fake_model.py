@@ -13,7 +13,7 @@
   `cut` (a stream sends its first chunk, then hangs or drops the connection). `think` is the
   seconds an answer takes (a larger one makes a slow model).
 - `GET /stats` counts requests received and answers given; `POST /stats/reset` zeroes them;
-  `GET /requests` shows the last requests (body and authorization header).
+  `GET /requests` shows the last requests (body, authorization and traceparent headers).
 
 `FAKE_MODEL_NAME` names the server in its replies ("<name> here. ..."), `FAKE_MODEL_THINK`
 sets the initial think time.
@@ -140,7 +140,9 @@ async def completions(request: Request) -> Response:
     state: FakeState = request.app.state.fake
     body = await request.json()
     state.requests += 1
-    state.recent.append({"body": body, "authorization": request.headers.get("authorization")})
+    state.recent.append(
+        {"body": body, "authorization": request.headers.get("authorization"), "traceparent": request.headers.get("traceparent")}
+    )
     mode = state.mode
     if mode.isdigit():
         headers = {"retry-after": state.retry_after} if state.retry_after else None

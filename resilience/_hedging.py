@@ -48,7 +48,7 @@ async def hedged(pipeline: Pipeline, attempt: Attempt[T], deadline: float, attem
     def launch(admission: Admission) -> None:
         nonlocal launched
         launched += 1
-        task = asyncio.create_task(p._judged(attempt, admission, deadline - p._clock.monotonic()))
+        task = asyncio.create_task(p._judged(attempt, admission, deadline - p._clock.monotonic(), launched))
         running.add(task)
         started.append(task)
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import tenacity
+from opentelemetry.trace import StatusCode, Tracer
 
 from ._breaker import Admission, CircuitBreaker
 from ._budget import RetryBudget
@@ -19,6 +20,7 @@ from ._events import Event, EventName, Hook, log_event
 from ._hedging import hedged
 from ._outcome import Fallback, Ok, Outcome, Reason
 from ._policy import Policy
+from ._tracing import add_event, record_outcome
 
 T = TypeVar("T")
 
@@ -35,7 +37,9 @@ class Pipeline:
     """Configured once per target and shared by all callers; each call gets fresh retry state.
 
     `on` is required: it says which errors are transient (see `classify_httpx`). Errors it
-    does not know propagate unchanged, so a bug is never hidden as a fallback.
+    does not know propagate unchanged, so a bug is never hidden as a fallback. With a
+    `tracer`, each call is a span with a child span per attempt, and every event is added to
+    the span it happened in (see `_tracing`); without one, no tracing code runs at all.
     """
 
     def __init__(
@@ -47,12 +51,14 @@ class Pipeline:
         clock: Clock | None = None,
         hooks: Sequence[Hook] = (log_event,),
         rng: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.target = target
         self.policy = policy
         self._classify = on
         self._clock = clock or SystemClock()
-        self._hooks = tuple(hooks)
+        self._hooks = (*hooks, add_event) if tracer is not None else tuple(hooks)
+        self._tracer = tracer
         self._rng = rng or random.Random()
         self.breaker = CircuitBreaker(
             target,
@@ -79,6 +85,14 @@ class Pipeline:
         `deadline` (seconds) shortens this call's deadline below the policy's, for a caller
         that has less time left than that (a model call inside an agent run, say).
         """
+        if self._tracer is None:
+            return await self._call(attempt, idempotent, deadline)
+        with self._tracer.start_as_current_span(self.target, attributes={"resilience.target": self.target}) as span:
+            outcome = await self._call(attempt, idempotent, deadline)
+            record_outcome(span, outcome)
+            return outcome
+
+    async def _call(self, attempt: Attempt[T], idempotent: bool, deadline: float | None) -> Outcome[T]:
         seconds = self.policy.deadline if deadline is None else min(deadline, self.policy.deadline)
         ends_at = self._clock.monotonic() + seconds
         if not self.bulkhead.try_enter():
@@ -150,10 +164,10 @@ class Pipeline:
             and remaining - cap - self._backoff_ceiling(number) >= cap
             and self.budget.try_withdraw()
         ):
-            return await self._judged(attempt, admission, remaining)
+            return await self._judged(attempt, admission, remaining, number)
         prepaid[0] = True
         try:
-            value = await self._judged(attempt, admission, cap, capped=True)
+            value = await self._judged(attempt, admission, cap, number, capped=True)
         except BaseException as error:
             if not self._is_transient(error):  # no retry follows: an answer, a bug, or cancelled
                 self._refund(prepaid)
@@ -165,8 +179,27 @@ class Pipeline:
         prepaid[0] = False
         self.budget.refund()
 
-    async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float, *, capped: bool = False) -> T:
-        """Run one admitted attempt within `allowed` seconds and report it to the breaker."""
+    async def _judged(self, attempt: Attempt[T], admission: Admission, allowed: float, number: int, *, capped: bool = False) -> T:
+        """Run one admitted attempt (the call's `number`th) within `allowed` seconds and report it to the breaker."""
+        if self._tracer is None:
+            return await self._judged_untraced(attempt, admission, allowed, capped)
+        attributes: dict[str, str | int | float] = {
+            "resilience.target": self.target,
+            "resilience.attempt": number,
+            "resilience.attempt.timeout_s": allowed,
+        }
+        # The exception itself is not recorded: its message may quote the peer (a provider's
+        # error text); the `attempt_failed` event says what the pipeline made of it.
+        with self._tracer.start_as_current_span(
+            f"{self.target} attempt", attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                return await self._judged_untraced(attempt, admission, allowed, capped)
+            except BaseException as error:
+                span.set_status(StatusCode.ERROR, type(error).__name__)
+                raise
+
+    async def _judged_untraced(self, attempt: Attempt[T], admission: Admission, allowed: float, capped: bool) -> T:
         try:
             async with self._clock.timeout(allowed):
                 value = await attempt(allowed)

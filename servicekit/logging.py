@@ -8,6 +8,7 @@ import sys
 from typing import Literal
 
 import structlog
+from opentelemetry import trace
 
 from .context import current_request_id
 
@@ -30,16 +31,27 @@ def _add_request_id(_: object, __: str, event: structlog.typing.EventDict) -> st
     return event
 
 
+def add_trace_ids(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """The current span's trace and span ids, so a log line leads to its trace (only inside a span)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """A structlog logger whose lines carry `component=name`."""
     # Lazy: a logger made at import time must still follow configure_logging() later.
     return structlog.get_logger(component=name)  # type: ignore[no-any-return]
 
 
-def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
+def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto", trace_ids: bool = False) -> None:
     """Configure structlog and route stdlib logging (uvicorn's too) through the same renderer.
 
     Called from each app's lifespan, so importing a service never touches global logging.
+    `trace_ids` adds `trace_id`/`span_id` to every line written inside a span (when tracing is
+    on; off, no span exists and the processor is left out).
     """
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     pid = os.getpid()  # each worker configures its own logging: which worker wrote a line
@@ -51,6 +63,7 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto") -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        *([add_trace_ids] if trace_ids else []),
         add_pid,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from agents import Agent, Model, function_tool
+from opentelemetry.trace import Tracer
 
 from .tools import ChatContext, get_current_time, get_user_analytics
+from .tracing import traced_tool
 from .wording import messages_phrase
 
 BASE_INSTRUCTIONS = (
@@ -14,12 +16,13 @@ BASE_INSTRUCTIONS = (
 )
 
 
-def build_agent(model: Model) -> Agent[ChatContext]:
+def build_agent(model: Model, *, tracer: Tracer | None = None) -> Agent[ChatContext]:
+    """The shared agent; with a `tracer`, each tool call is an `execute_tool` span."""
     return Agent[ChatContext](
         name="ChatAgent",
         instructions=BASE_INSTRUCTIONS,
         model=model,
-        tools=[function_tool(get_current_time), function_tool(get_user_analytics)],
+        tools=[function_tool(traced_tool(tracer, get_current_time)), function_tool(traced_tool(tracer, get_user_analytics))],
     )
 
 

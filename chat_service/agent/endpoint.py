@@ -18,8 +18,11 @@ from agents.agent_output import AgentOutputSchemaBase
 from agents.handoffs import Handoff
 from agents.items import TResponseInputItem, TResponseStreamEvent
 from openai.types.responses.response_prompt_param import ResponsePromptParam
+from opentelemetry.trace import Span, Tracer, use_span
 
 from resilience import Bulkhead, Fallback, InvalidResponseError, Ok, Outcome, Pipeline
+
+from .tracing import end_model_call, model_call_span
 
 
 class CallObserver(Protocol):
@@ -28,6 +31,8 @@ class CallObserver(Protocol):
     def model_call(self, endpoint: str, outcome: str, seconds: float) -> None: ...
 
     def model_tokens(self, endpoint: str, input_tokens: int, output_tokens: int) -> None: ...
+
+    def model_in_flight(self, endpoint: str, calls: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,8 @@ class OpenedStream:
         self.first = first
         self.rest = rest
         self._open = True
+        self.span: Span | None = None  # the model call's span (tracing on): it ends with the stream
+        self._tokens: tuple[int, int] | None = None
 
     async def events(self) -> AsyncIterator[TResponseStreamEvent]:
         self._count_tokens(self.first)
@@ -113,12 +120,15 @@ class OpenedStream:
         if event.type == "response.completed" and event.response.usage is not None:
             usage = event.response.usage
             self.endpoint.observer.model_tokens(self.endpoint.name, usage.input_tokens, usage.output_tokens)
+            self._tokens = (usage.input_tokens, usage.output_tokens)
 
     async def close(self) -> None:
         if self._open:
             self._open = False
-            self.endpoint.limit.leave()
+            self.endpoint.leave()
             await _aclose(self.rest)
+            if self.span is not None:
+                end_model_call(self.span, "ok", *(self._tokens or (None, None)))
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:
@@ -128,28 +138,67 @@ async def _aclose(stream: AsyncIterator[Any]) -> None:
 
 
 class ModelEndpoint:
-    """An OpenAI-compatible endpoint behind its own concurrency limit and pipeline."""
+    """An OpenAI-compatible endpoint behind its own concurrency limit and pipeline.
+
+    With a `tracer`, each call is a `chat <model_name>` span (see `.tracing`) above the pipeline's.
+    """
 
     def __init__(
-        self, name: str, model: Model, pipeline: Pipeline, *, max_concurrency: int, attempt_timeout: float, observer: CallObserver
+        self,
+        name: str,
+        model: Model,
+        pipeline: Pipeline,
+        *,
+        max_concurrency: int,
+        attempt_timeout: float,
+        observer: CallObserver,
+        model_name: str = "",
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
         self.model = model
+        self.model_name = model_name
         self.pipeline = pipeline
         self.limit = Bulkhead(max_concurrency)
         self.attempt_timeout = attempt_timeout
         self.observer = observer
+        self.tracer = tracer
+
+    def enter(self) -> bool:
+        """Take a concurrency slot, if one is free; the observer sees the calls in flight."""
+        if not self.limit.try_enter():
+            return False
+        self.observer.model_in_flight(self.name, self.limit.in_flight)
+        return True
+
+    def leave(self) -> None:
+        self.limit.leave()
+        self.observer.model_in_flight(self.name, self.limit.in_flight)
 
     async def respond(self, request: ModelRequest, seconds: float | None) -> Outcome[ModelResponse]:
         """One model call, retried within the policy; `seconds` is the time the run has left."""
-        if not self.limit.try_enter():
+        if self.tracer is None:
+            return await self._respond(request, seconds)
+        span = model_call_span(self.tracer, self.model_name, self.name)
+        try:
+            with use_span(span, record_exception=False, set_status_on_exception=False):
+                outcome = await self._respond(request, seconds)
+        except BaseException as error:
+            end_model_call(span, type(error).__name__)
+            raise
+        usage = outcome.value.usage if isinstance(outcome, Ok) else None
+        end_model_call(span, outcome_label(outcome), *((usage.input_tokens, usage.output_tokens) if usage else (None, None)))
+        return outcome
+
+    async def _respond(self, request: ModelRequest, seconds: float | None) -> Outcome[ModelResponse]:
+        if not self.enter():
             self.observer.model_call(self.name, "bulkhead_full", 0.0)
             return Fallback("bulkhead_full")
         started = time.perf_counter()
         try:
             outcome = await self.pipeline.call(lambda remaining: self._respond_once(request, remaining), deadline=seconds)
         finally:
-            self.limit.leave()
+            self.leave()
         self.observer.model_call(self.name, outcome_label(outcome), time.perf_counter() - started)
         if isinstance(outcome, Ok):
             usage = outcome.value.usage
@@ -166,19 +215,37 @@ class ModelEndpoint:
     async def open_stream(self, request: ModelRequest, seconds: float | None) -> Outcome[OpenedStream]:
         """Open a stream and receive its first event, retried within the policy like a call.
 
-        On success the stream holds a concurrency slot until `OpenedStream.close()`.
+        On success the stream holds a concurrency slot until `OpenedStream.close()`, and its
+        span (tracing on) lasts until then too.
         """
-        if not self.limit.try_enter():
+        if self.tracer is None:
+            return await self._open_stream(request, seconds)
+        span = model_call_span(self.tracer, self.model_name, self.name)
+        span.set_attribute("gen_ai.request.stream", True)
+        try:
+            with use_span(span, record_exception=False, set_status_on_exception=False):
+                outcome = await self._open_stream(request, seconds)
+        except BaseException as error:
+            end_model_call(span, type(error).__name__)
+            raise
+        if isinstance(outcome, Ok):
+            outcome.value.span = span
+        else:
+            end_model_call(span, outcome_label(outcome))
+        return outcome
+
+    async def _open_stream(self, request: ModelRequest, seconds: float | None) -> Outcome[OpenedStream]:
+        if not self.enter():
             self.observer.model_call(self.name, "bulkhead_full", 0.0)
             return Fallback("bulkhead_full")
         started = time.perf_counter()
         try:
             outcome = await self.pipeline.call(lambda remaining: self._open_once(request, remaining), deadline=seconds)
         except BaseException:
-            self.limit.leave()
+            self.leave()
             raise
         if isinstance(outcome, Fallback):
-            self.limit.leave()
+            self.leave()
         self.observer.model_call(self.name, outcome_label(outcome), time.perf_counter() - started)
         return outcome
 

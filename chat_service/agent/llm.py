@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx2
 import openai
 from agents import Model, OpenAIChatCompletionsModel, RunConfig
+from opentelemetry.trace import Tracer
 from pydantic import SecretStr
 
 from resilience import Event, Hook, Pipeline, log_event
@@ -19,6 +20,7 @@ from .endpoint import CallObserver, ModelEndpoint
 from .model_errors import classify_model_error
 from .offline_model import OfflineModel
 from .resilient_model import ResilientModel
+from .tracing import RunTracing
 
 log = get_logger("llm")
 
@@ -37,6 +39,7 @@ class LLM:
     provider: str
     endpoints: tuple[ModelEndpoint, ...] = field(default=())
     offline_fallback: bool = False
+    tracing: RunTracing | None = None  # OpenTelemetry on: what each run's span needs
 
 
 def _client(base_url: str | None, api_key: SecretStr | None, settings: Settings, resources: AsyncExitStack) -> openai.AsyncOpenAI:
@@ -65,14 +68,18 @@ def _client(base_url: str | None, api_key: SecretStr | None, settings: Settings,
     return client
 
 
-def build_llm(settings: Settings, resources: AsyncExitStack, *, hooks: Sequence[Hook], observer: CallObserver) -> LLM:
-    """One model per process. Tracing exports only to OpenAI itself, and only when enabled."""
+def build_llm(
+    settings: Settings, resources: AsyncExitStack, *, hooks: Sequence[Hook], observer: CallObserver, tracer: Tracer | None = None
+) -> LLM:
+    """One model per process. The Agents SDK's tracing exports only to OpenAI itself, and only when
+    enabled; OpenTelemetry spans (with a `tracer`) are our own and never go through it."""
     if not settings.use_openai:
         if settings.llm_fallbacks:
             log.warning(
                 "llm_fallbacks_ignored", reason="no OPENAI_API_KEY or CHAT_LLM_PROVIDER=offline: the offline model answers"
             )
-        return LLM(OfflineModel(), RunConfig(tracing_disabled=True, workflow_name="chat"), "offline")
+        run_tracing = RunTracing(tracer, OFFLINE, settings.trace_content) if tracer is not None else None
+        return LLM(OfflineModel(), RunConfig(tracing_disabled=True, workflow_name="chat"), "offline", tracing=run_tracing)
     chain: list[tuple[str | None, str, SecretStr | None]] = [(settings.openai_base_url, settings.model, settings.openai_api_key)]
     chain += [(entry.base_url, entry.model, entry.api_key) for entry in settings.llm_fallbacks if not isinstance(entry, str)]
     policy = settings.llm_policy.to_policy(
@@ -86,10 +93,12 @@ def build_llm(settings: Settings, resources: AsyncExitStack, *, hooks: Sequence[
             ModelEndpoint(
                 name,
                 OpenAIChatCompletionsModel(model=model, openai_client=client),
-                Pipeline(f"llm-{name}", policy, on=classify_model_error, hooks=hooks),
+                Pipeline(f"llm-{name}", policy, on=classify_model_error, hooks=hooks, tracer=tracer),
                 max_concurrency=settings.llm_max_concurrency,
                 attempt_timeout=settings.llm_timeout,
                 observer=observer,
+                model_name=model,
+                tracer=tracer,
             )
         )
     offline_fallback = OFFLINE in settings.llm_fallbacks
@@ -100,4 +109,5 @@ def build_llm(settings: Settings, resources: AsyncExitStack, *, hooks: Sequence[
         "openai" if settings.openai_base_url is None else "openai-compatible",
         tuple(endpoints),
         offline_fallback,
+        RunTracing(tracer, settings.model, settings.trace_content) if tracer is not None else None,
     )

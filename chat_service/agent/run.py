@@ -6,12 +6,14 @@ import asyncio
 from dataclasses import dataclass
 
 from agents import Agent, AgentsException, RunConfig, Runner
+from opentelemetry.trace import Span
 
 from servicekit.logging import get_logger
 
 from .model_errors import ModelCallError
 from .resilient_model import model_run_scope
 from .tools import ChatContext
+from .tracing import RunTracing, agent_run_span, record_reply, record_usage
 
 log = get_logger("llm")
 
@@ -43,6 +45,28 @@ async def run_agent(
     run_config: RunConfig,
     deadline: float,
     max_turns: int,
+    tracing: RunTracing | None = None,
+) -> Reply:
+    """Run `agent` on `text`; with `tracing`, the run is an `invoke_agent` span (see `.tracing`)."""
+    if tracing is None:
+        return await _run(agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns)
+    with agent_run_span(tracing.tracer, agent.name, tracing.model, text, content=tracing.content) as span:
+        reply = await _run(agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns, span=span)
+        span.set_attribute("chat.llm.offline_fallback", reply.offline)
+        if tracing.content:
+            record_reply(span, reply.text)
+        return reply
+
+
+async def _run(
+    agent: Agent[ChatContext],
+    text: str,
+    context: ChatContext,
+    *,
+    run_config: RunConfig,
+    deadline: float,
+    max_turns: int,
+    span: Span | None = None,
 ) -> Reply:
     try:
         with model_run_scope(deadline) as scope:
@@ -63,4 +87,6 @@ async def run_agent(
     reply = result.final_output
     if not isinstance(reply, str) or not reply.strip():
         raise LLMFailure(502, "The model gave an empty answer", "empty")
+    if span is not None:
+        record_usage(span, result.context_wrapper.usage)
     return Reply(reply, offline=scope.answered_offline)

@@ -96,6 +96,7 @@ async def chat(
             run_config=llm.run_config,
             deadline=settings.run_deadline,
             max_turns=settings.max_turns,
+            tracing=llm.tracing,
         )
     except LLMFailure as failure:
         metrics.llm_errors.labels(failure.kind).inc()

@@ -94,11 +94,12 @@ async def dependencies(
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(registry: MetricsDep, outbox: OutboxDep) -> Response:
+async def metrics(registry: MetricsDep, outbox: OutboxDep, deliverer: DelivererDep) -> Response:
     """Prometheus metrics."""
     stats = await outbox.stats()
     registry.outbox_accepting.set(1 if outbox.accepting else 0)
     if stats.depth is not None and stats.dead_letters is not None:
         registry.outbox_depth.set(stats.depth)
         registry.outbox_dead_letters.set(stats.dead_letters)
+        registry.outbox_stalled.set(round(deliverer.stalled_seconds(), 3) if stats.depth else 0)
     return Response(exposition(registry.registry), media_type=CONTENT_TYPE_LATEST)

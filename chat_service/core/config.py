@@ -229,6 +229,7 @@ class Settings(BaseSettings):
     run_deadline: float = Field(45.0, gt=0, description="Whole agent run, tools included, seconds")
     max_turns: int = Field(6, ge=1)
     tracing_enabled: bool = False
+    trace_content: bool = Field(False, description="Put message text and replies in OpenTelemetry span attributes")
 
     max_text_chars: int = Field(8000, ge=1)
     max_body_bytes: int = Field(65_536, ge=1024)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from resilience import Bulkhead, Event
+from resilience import Event
 from servicekit.metrics import LATENCY_BUCKETS, HttpMetrics, gauge
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
@@ -37,6 +37,12 @@ class ChatMetrics(HttpMetrics):
         )
         # Workers on a host share one outbox file: the scraped worker's fresh reading is the answer.
         self.outbox_depth = gauge("chat_outbox_depth", "Records waiting for analytics", registry=registry, mode="livemostrecent")
+        self.outbox_stalled = gauge(
+            "chat_outbox_stalled_seconds",
+            "While records wait: seconds since a batch was last delivered (0 when the outbox is empty); the worst live worker",
+            registry=registry,
+            mode="livemax",
+        )
         self.outbox_accepting = gauge(
             "chat_outbox_accepting",
             "1 when the outbox takes records, 0 when chats get 503 (see /readyz); the lowest of the live workers",
@@ -71,8 +77,8 @@ class ChatMetrics(HttpMetrics):
             "chat_llm_tokens_total", "Tokens used per endpoint (the SDK's usage)", ["endpoint", "kind"], registry=registry
         )
         self.llm_retries = Counter("chat_llm_retries_total", "Model call retries scheduled", ["endpoint"], registry=registry)
-        # Read from each endpoint's limit at scrape time (set_function): exact in one process; under
-        # --workers the multiprocess collector cannot call functions, so it shows only what was set.
+        # Set as calls start and end (not set_function, which the multiprocess collector cannot
+        # read): under --workers the scrape sums the live workers' values.
         self.llm_in_flight = gauge(
             "chat_llm_in_flight", "Model calls in flight per endpoint", ["endpoint"], registry=registry, mode="livesum"
         )
@@ -82,6 +88,7 @@ class ChatMetrics(HttpMetrics):
         self._model_calls: dict[tuple[str, str], Counter] = {}
         self._model_latency: dict[str, Histogram] = {}
         self._model_tokens: dict[str, tuple[Counter, Counter]] = {}
+        self._model_in_flight: dict[str, Gauge] = {}
         self.auth_refusals = Counter(
             "chat_auth_refusals_total", "Requests refused by end-user auth, by reason", ["reason"], registry=registry
         )
@@ -107,10 +114,17 @@ class ChatMetrics(HttpMetrics):
         elif event.name != "fallback":  # outcomes are counted per call, in chat_llm_calls_total
             self._count_shared(event)
 
-    def watch_model_endpoint(self, endpoint: str, pipeline_target: str, limit: Bulkhead) -> None:
-        """Publish an endpoint's concurrency in use (read at scrape time) and its breaker from the start."""
-        self.llm_in_flight.labels(endpoint).set_function(lambda: limit.in_flight)
+    def watch_model_endpoint(self, endpoint: str, pipeline_target: str) -> None:
+        """Publish an endpoint's calls in flight and its breaker from the start."""
+        self.model_in_flight(endpoint, 0)
         self.breaker_state.labels(pipeline_target).set(BREAKER_STATES["closed"])
+
+    def model_in_flight(self, endpoint: str, calls: int) -> None:
+        """A `CallObserver` method: an endpoint's calls in flight changed."""
+        gauge = self._model_in_flight.get(endpoint)
+        if gauge is None:
+            gauge = self._model_in_flight[endpoint] = self.llm_in_flight.labels(endpoint)
+        gauge.set(calls)
 
     def model_call(self, endpoint: str, outcome: str, seconds: float) -> None:
         """A `CallObserver` method: one endpoint call ended."""

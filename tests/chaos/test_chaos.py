@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from load_tests.chaos import Timings, run_chaos
@@ -48,3 +50,21 @@ def test_the_breaker_opened_and_closed_again(report):
 def test_counts_resume_soon_after_analytics_returns(report):
     for moment, seconds in report["counts_resumed_after_s"].items():
         assert seconds is not None and seconds <= RESET + 2.0, (moment, seconds)
+
+
+def test_every_reply_belongs_to_a_phase_and_the_phases_tile_the_run(report):
+    assert report["unphased_requests"] == 0
+    phases = list(report["phases"].values())
+    assert sum(phase["requests"] for phase in phases) == report["total_requests"]
+    for before, after in itertools.pairwise(phases):
+        assert after["start"] - before["end"] < 0.05, (before, after)
+    assert report["phases"]["analytics_restarting"]["fault"]
+
+
+def test_fallbacks_happen_in_the_faults_and_the_chat_restart_is_measured(report):
+    phases = report["phases"]
+    assert phases["analytics_killed"]["read_fallbacks"] > 0 and phases["analytics_frozen"]["read_fallbacks"] > 0
+    assert phases["baseline"]["read_fallbacks"] == 0
+    restart = report["chat_restart"]
+    assert restart["startup_s"] > 0 and restart["shutdown_s"] > 0
+    assert restart["unreachable_s"] is not None and restart["unreachable_s"] < restart["shutdown_s"] + restart["startup_s"] + 2

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 
-from load_tests.processes import free_port
+from load_tests.processes import ServiceProcess, chat_env, free_port
 from tests.chat.conftest import MESSAGE, drained, model_settings
 
 pytestmark = pytest.mark.integration
@@ -248,3 +249,40 @@ async def test_a_killed_endpoint_is_a_connect_failure(chat_with, analytics_trans
     assert 'chat_llm_calls_total{endpoint="primary",outcome="connect"} 2.0' in metrics
     log = capsys.readouterr().out
     assert "fake 503" in log and "fake 503" not in refused.text, "the provider's words go to our log only"
+
+
+async def test_model_calls_in_flight_are_reported_by_every_worker(tmp_path, models):
+    """Under --workers the scrape merges workers' files: the gauge is set as calls start and end."""
+    primary, _ = models
+    primary.switch(think=1.5)
+    chat = ServiceProcess(
+        "chat_service.main:app",
+        log_path=tmp_path / "chat.log",
+        workers=2,
+        env=chat_env(
+            f"http://127.0.0.1:{free_port()}",  # nobody there: counts fall back to 0 at once
+            tmp_path / "outbox.sqlite3",
+            CHAT_LLM_PROVIDER="auto",
+            OPENAI_API_KEY="sk-test-secret",
+            OPENAI_BASE_URL=primary.base_url,
+        ),
+    )
+    fresh = httpx.Limits(max_keepalive_connections=0)  # either worker may take each chat
+    with chat:
+        async with httpx.AsyncClient(base_url=chat.url, timeout=20, limits=fresh) as client:
+            chats = [asyncio.create_task(client.post("/chat/", json=MESSAGE)) for _ in range(6)]
+            deadline = time.monotonic() + 10
+            in_flight = 0.0
+            while in_flight < 6:
+                assert time.monotonic() < deadline, f"chat_llm_in_flight never showed the 6 calls (last: {in_flight})"
+                in_flight = _sample(await client.get("/metrics"), 'chat_llm_in_flight{endpoint="primary"}')
+                await asyncio.sleep(0.05)
+            assert [reply.status_code for reply in await asyncio.gather(*chats)] == [200] * 6
+            assert _sample(await client.get("/metrics"), 'chat_llm_in_flight{endpoint="primary"}') == 0
+
+
+def _sample(metrics: httpx.Response, series: str) -> float:
+    for line in metrics.text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
