@@ -1,0 +1,112 @@
+"""Where chat's CPU goes on the model path: chat under load, sampled by py-spy.
+
+`uv run python -m load_tests.profile_chat` starts analytics, a fake model (`--think`, 200 ms) and
+chat (as `load_tests.bench` does), loads chat with `--connections` concurrent chats, and prints
+chat's CPU per chat. With `--py-spy FILE` it also records chat with py-spy for the measured
+window (`--format raw`: folded stacks, one per line with its sample count, to read as text or
+feed to a flame graph tool) and prints the top frames by inclusive time. Run it under
+`flock /work/.bench.lock` like every benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from .bench import FAST, measure
+from .fake_model import fake_model_process
+from .processes import ServiceProcess, analytics_env, chat_env
+
+
+def top_frames(raw: Path, *, limit: int, needle: str = "") -> list[tuple[str, float]]:
+    """Inclusive share of samples per frame (function and file) in a py-spy raw (folded) file."""
+    totals: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        samples += int(count)
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0] + " " + frame.split("/")[-1].split(":")[0].rstrip(")")
+            if name not in seen and needle in name:
+                seen.add(name)
+                totals[name] += int(count)
+    return [(name, count / samples) for name, count in totals.most_common(limit)] if samples else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--think", type=float, default=0.2)
+    parser.add_argument("--rounds", type=int, default=1, help="measure this many times in a row")
+    parser.add_argument("--py-spy", type=Path, help="record chat's stacks (raw format) here")
+    parser.add_argument("--top", type=int, default=60)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="profile-"))
+    analytics = ServiceProcess(
+        "analytics_service.main:app",
+        extra_args=FAST,
+        log_path=work / "analytics.log",
+        env=analytics_env(f"sqlite:///{work}/analytics.sqlite3", ANALYTICS_LOG_LEVEL="WARNING"),
+    )
+    model = fake_model_process("model", think=args.think, log_path=work / "model.log", fast=True)
+    with analytics, model:
+        items = [{"user_id": f"bench{i}", "message_id": "seed", "timestamp": "2025-01-01T00:00:00Z"} for i in range(args.users)]
+        httpx.post(analytics.url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
+        chat = ServiceProcess(
+            "chat_service.main:app",
+            extra_args=FAST,
+            log_path=work / "chat.log",
+            env=chat_env(
+                analytics.url,
+                work / "outbox.sqlite3",
+                CHAT_LOG_LEVEL="WARNING",
+                CHAT_LLM_PROVIDER="openai",
+                OPENAI_API_KEY="sk-bench",
+                OPENAI_BASE_URL=model.url + "/v1",
+                CHAT_LLM_MAX_CONCURRENCY=str(max(args.connections, 16)),
+            ),
+        )
+        with chat:
+            spy = None
+            for round_ in range(args.rounds):
+                if args.py_spy and round_ == args.rounds - 1:
+                    duration = str(int(args.seconds + args.warmup))
+                    command = ["py-spy", "record", "--pid", str(chat.pid), "--format", "raw", "-o", str(args.py_spy)]
+                    spy = subprocess.Popen(
+                        [*command, "--duration", duration, "--rate", "250", "--nonblocking"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                summary = asyncio.run(
+                    measure(
+                        chat.url,
+                        connections=args.connections,
+                        seconds=args.seconds,
+                        warmup=args.warmup,
+                        users=args.users,
+                        pid=chat.pid,
+                    )
+                )
+                print(summary, flush=True)
+            if spy is not None:
+                spy.wait(60)
+    if args.py_spy:
+        for name, share in top_frames(args.py_spy, limit=args.top):
+            print(f"{share * 100:6.1f}%  {name}")
+
+
+if __name__ == "__main__":
+    main()
