@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from .bench import FAST, measure
+from .bench import FAST, _ok, _request_factory, cpu_seconds
 from .fake_model import fake_model_process
+from .loadgen import LoadResult, run_load, summarize
 from .processes import ServiceProcess, analytics_env, chat_env
 
 
@@ -40,6 +41,21 @@ def top_frames(raw: Path, *, limit: int, needle: str = "") -> list[tuple[str, fl
                 seen.add(name)
                 totals[name] += int(count)
     return [(name, count / samples) for name, count in totals.most_common(limit)] if samples else []
+
+
+async def measure(url: str, pid: int, args: argparse.Namespace) -> dict[str, object]:
+    """Like `bench.measure`, plus the statuses, and CPU per 200 (a shed 503 costs far less than a chat)."""
+    make = _request_factory(url.split("//")[1], args.users)
+    await run_load(url, make, connections=args.connections, seconds=args.warmup, check=_ok)
+    cpu_before = cpu_seconds(pid)
+    result = await run_load(url, make, connections=args.connections, seconds=args.seconds, result=LoadResult())
+    cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000
+    summary: dict[str, object] = dict(summarize(result.samples, args.seconds))
+    statuses = collections.Counter(sample.status for sample in result.samples)
+    summary["statuses"] = dict(statuses)
+    summary["cpu_ms_per_request"] = round(cpu_ms / max(1, len(result.samples)), 3)
+    summary["cpu_ms_per_200"] = round(cpu_ms / max(1, statuses[200]), 3)
+    return summary
 
 
 def main() -> None:
@@ -90,17 +106,7 @@ def main() -> None:
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                summary = asyncio.run(
-                    measure(
-                        chat.url,
-                        connections=args.connections,
-                        seconds=args.seconds,
-                        warmup=args.warmup,
-                        users=args.users,
-                        pid=chat.pid,
-                    )
-                )
-                print(summary, flush=True)
+                print(asyncio.run(measure(chat.url, chat.pid, args)), flush=True)
             if spy is not None:
                 spy.wait(60)
     if args.py_spy:
