@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="measure this many times in a row")
     parser.add_argument("--py-spy", type=Path, help="record chat's stacks (raw format) here")
     parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for chat's environment (repeatable)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="profile-"))
@@ -93,6 +94,7 @@ def main() -> None:
                 OPENAI_API_KEY="sk-bench",
                 OPENAI_BASE_URL=model.url + "/v1",
                 CHAT_LLM_MAX_CONCURRENCY=str(max(args.connections, 16)),
+                **dict(item.split("=", 1) for item in args.env),
             ),
         )
         with chat:
