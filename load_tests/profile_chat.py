@@ -43,6 +43,23 @@ def top_frames(raw: Path, *, limit: int, needle: str = "") -> list[tuple[str, fl
     return [(name, count / samples) for name, count in totals.most_common(limit)] if samples else []
 
 
+def mean_latencies(metrics: str) -> dict[str, float]:
+    """Mean milliseconds of chat's latency histograms (the whole run): where a chat's time goes."""
+    sums: dict[str, float] = collections.defaultdict(float)
+    counts: dict[str, float] = collections.defaultdict(float)
+    for line in metrics.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(("http_request_duration_seconds", "chat_llm_run_seconds", "chat_llm_call_seconds")):
+            if '/chat/"' not in name and name.startswith("http_"):
+                continue
+            base = name.split("{")[0]
+            if base.endswith("_sum"):
+                sums[base[:-4]] += float(value)
+            elif base.endswith("_count"):
+                counts[base[:-6]] += float(value)
+    return {name: round(sums[name] / counts[name] * 1000, 2) for name in counts if counts[name]}
+
+
 async def measure(url: str, pid: int, args: argparse.Namespace) -> dict[str, object]:
     """Like `bench.measure`, plus the statuses, and CPU per 200 (a shed 503 costs far less than a chat)."""
     make = _request_factory(url.split("//")[1], args.users)
@@ -68,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="measure this many times in a row")
     parser.add_argument("--py-spy", type=Path, help="record chat's stacks (raw format) here")
     parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--floor", action="store_true", help="profile the floor app (aiohttp) instead of chat")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for chat's environment (repeatable)")
     args = parser.parse_args()
 
@@ -82,20 +100,31 @@ def main() -> None:
     with analytics, model:
         items = [{"user_id": f"bench{i}", "message_id": "seed", "timestamp": "2025-01-01T00:00:00Z"} for i in range(args.users)]
         httpx.post(analytics.url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
-        chat = ServiceProcess(
-            "chat_service.main:app",
-            extra_args=FAST,
-            log_path=work / "chat.log",
-            env=chat_env(
-                analytics.url,
-                work / "outbox.sqlite3",
-                CHAT_LOG_LEVEL="WARNING",
-                CHAT_LLM_PROVIDER="openai",
-                OPENAI_API_KEY="sk-bench",
-                OPENAI_BASE_URL=model.url + "/v1",
-                CHAT_LLM_MAX_CONCURRENCY=str(max(args.connections, 16)),
-                **dict(item.split("=", 1) for item in args.env),
-            ),
+        floor_env = {
+            "ANALYTICS_URL": analytics.url,
+            "FLOOR_TRANSPORT": "aiohttp",
+            "FLOOR_MODEL_URL": model.url + "/v1",
+            "FLOOR_MODEL_CLIENT": "aiohttp",
+        }
+        floor = ServiceProcess("load_tests.floor_app:app", extra_args=FAST, log_path=work / "floor.log", env=floor_env)
+        chat = (
+            floor
+            if args.floor
+            else ServiceProcess(
+                "chat_service.main:app",
+                extra_args=FAST,
+                log_path=work / "chat.log",
+                env=chat_env(
+                    analytics.url,
+                    work / "outbox.sqlite3",
+                    CHAT_LOG_LEVEL="WARNING",
+                    CHAT_LLM_PROVIDER="openai",
+                    OPENAI_API_KEY="sk-bench",
+                    OPENAI_BASE_URL=model.url + "/v1",
+                    CHAT_LLM_MAX_CONCURRENCY=str(max(args.connections, 16)),
+                    **dict(item.split("=", 1) for item in args.env),
+                ),
+            )
         )
         with chat:
             spy = None
@@ -111,6 +140,8 @@ def main() -> None:
                 print(asyncio.run(measure(chat.url, chat.pid, args)), flush=True)
             if spy is not None:
                 spy.wait(60)
+            if not args.floor:
+                print(mean_latencies(httpx.get(chat.url + "/metrics", timeout=10).text), flush=True)
     if args.py_spy:
         for name, share in top_frames(args.py_spy, limit=args.top):
             print(f"{share * 100:6.1f}%  {name}")
