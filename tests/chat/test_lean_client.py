@@ -225,3 +225,16 @@ async def test_a_plain_json_body_skips_the_transform_and_anything_else_goes_thro
     await client.chat.completions.create(model="m", messages=({"role": "user", "content": "hi"},))
     assert len(calls) == 1
     await client.close()
+
+
+async def test_the_raw_response_wrapper_goes_through_the_lean_create_too():
+    recorders = []
+    for cls in (openai.AsyncOpenAI, LeanAsyncOpenAI):
+        recorder = Recorder()
+        client = _client(cls, recorder)
+        raw = await client.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-request-id"] == "req-1"
+        assert raw.parse().choices[0].message.content == "hi"
+        recorders.append(recorder)
+        await client.close()
+    assert recorders[1].sent() == recorders[0].sent()
