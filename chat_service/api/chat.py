@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from servicekit.logging import get_logger
-from servicekit.openapi import EventStreamResponse, event_stream, responses
+from servicekit.openapi import EventStreamResponse, as_json, event_stream, responses
 
 from ..agent.run import LLMFailure
 from ..models import ChatMessage, ChatReply
 from .auth import AUTH_DESCRIPTIONS, CallerDep
 from .deps import TurnsDep
-from .events import EVENTS, stream_reply
+from .events import EVENT_DATA, EVENTS, stream_reply
 
 router = APIRouter(tags=["chat"])
 log = get_logger("chat")
@@ -28,9 +28,8 @@ ERRORS = responses(
         504: "The model did not answer within CHAT_RUN_DEADLINE",
     },
 )
-STREAM_ERRORS = {
-    status: {**entry, "description": f"{entry['description']} (before the stream started)"} for status, entry in ERRORS.items()
-}
+# The same statuses, as JSON, answered before the stream starts (after it: an `error` event).
+STREAM_ERRORS = as_json(ERRORS)
 
 
 @router.post(
@@ -54,6 +53,7 @@ async def chat(request: Request, message: ChatMessage, caller: CallerDep, turns:
             "Server-sent events: the reply in `delta` pieces as the model writes it, then `done` with the "
             "same body POST /chat/ answers, or `error` if the run fails after the stream started",
             EVENTS,
+            EVENT_DATA,
         ),
         **STREAM_ERRORS,
     },

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import HTTPException, Request
+from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from servicekit.admission import ClientGone
@@ -15,16 +16,35 @@ from ..agent.run import LLMFailure
 from ..agent.stream import StreamedRun
 from .turns import ChatTurns, Turn
 
+
+class StreamDelta(BaseModel):
+    text: str = Field(description="The next piece of the reply")
+
+
+class StreamError(BaseModel):
+    status: int = Field(description="The status POST /chat/ would have answered: 502, 503 or 504")
+    detail: str = Field(description="What went wrong, in words")
+
+
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
 EVENTS = {
     "delta": 'The next piece of the reply: `{"text": "..."}`; the pieces joined are the reply as written',
     "done": "The last event: the same JSON body POST /chat/ answers (a ChatReply)",
     "error": 'The run failed after the stream started; the last event: `{"status": 504, "detail": "..."}`, '
     "with the status POST /chat/ would have answered",
 }
+EVENT_DATA = {
+    "delta": _inline(StreamDelta),
+    "done": {"$ref": "#/components/schemas/ChatReply"},
+    "error": _inline(StreamError),
+}
 
 
 def sse(event: str, data: str) -> bytes:
-    """One event; `data` is JSON on one line (json.dumps escapes newlines)."""
+    """One event; `data` is JSON on one line (JSON escapes newlines)."""
     return f"event: {event}\ndata: {data}\n\n".encode()
 
 
@@ -58,7 +78,7 @@ def stream_reply(request: Request, turns: ChatTurns, turn: Turn, run: StreamedRu
 async def _events(request: Request, turns: ChatTurns, turn: Turn, run: StreamedRun, delta: str | None) -> AsyncIterator[bytes]:
     try:
         while delta is not None:
-            yield sse("delta", json.dumps({"text": delta}))
+            yield sse("delta", StreamDelta(text=delta).model_dump_json())
             delta = await run.next_delta()
         answer = await turns.record(request, turn, run.reply)
     except LLMFailure as failure:
@@ -73,4 +93,4 @@ async def _events(request: Request, turns: ChatTurns, turn: Turn, run: StreamedR
 
 
 def _error(error: HTTPException) -> bytes:
-    return sse("error", json.dumps({"status": error.status_code, "detail": error.detail}))
+    return sse("error", StreamError(status=error.status_code, detail=str(error.detail)).model_dump_json())

@@ -123,7 +123,7 @@ def test_the_reply_streams_as_deltas_then_done_carries_what_post_chat_answers(st
 
 
 def test_the_openai_compatible_path_streams_the_model_s_words(stack, model):
-    response, events = stream(stack.online, message("stream-online"))
+    _, events = stream(stack.online, message("stream-online"))
     deltas = [json.loads(event.data)["text"] for event in events if event.event == "delta"]
     done = json.loads(events[-1].data)
     assert events[-1].event == "done" and done["reply"].startswith("Fake LLM here.")
@@ -165,7 +165,7 @@ def test_a_failure_after_the_stream_started_is_an_error_event_and_nothing_is_rec
 def test_the_run_deadline_ends_a_stalled_stream_with_a_504_event(stack, model):
     switch(model, mode="stall_mid")
     started = time.monotonic()
-    response, events = stream(stack.online, message("stream-deadline"))
+    _, events = stream(stack.online, message("stream-deadline"))
     elapsed = time.monotonic() - started
     assert [event.event for event in events] == ["delta", "error"]
     assert json.loads(events[1].data) == {"status": 504, "detail": "The model did not answer in time"}
@@ -206,6 +206,7 @@ def test_a_client_that_leaves_cancels_the_model_request_within_100_ms_and_nothin
     sock.close()
     wait_for(lambda: fake_stats(model)["streams_abandoned"] == 1, "the model's stream to be closed", timeout=5)
     closed = fake_stats(model)["abandoned_at"] - left
+
     assert closed < 0.1, f"the model request was closed {closed * 1000:.0f} ms after the client left"
     time.sleep(0.2)
     stack.drained(stack.online)
