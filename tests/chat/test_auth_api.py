@@ -99,7 +99,12 @@ async def test_docs_show_the_bearer_scheme_on_the_routes_that_need_it(chat):
         "description": "A JWT from the identity provider; its `sub` is the user id",
     }
     secured = {(path, method) for path, item in schema["paths"].items() for method, op in item.items() if "security" in op}
-    assert secured == {("/chat/", "post"), ("/users/{user_id}", "get"), ("/users/{user_id}/analytics", "get")}
+    assert secured == {
+        ("/chat/", "post"),
+        ("/chat/stream", "post"),
+        ("/users/{user_id}", "get"),
+        ("/users/{user_id}/analytics", "get"),
+    }
     assert {"401", "403"} <= set(schema["paths"]["/chat/"]["post"]["responses"])
 
 
