@@ -44,7 +44,11 @@ async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResp
     if not outbox.accepting:
         return JSONResponse({"status": "unavailable", "outbox": outbox.reason}, status_code=503, headers={"Retry-After": "1"})
     if authenticator is not None and not authenticator.ready:
-        return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "auth": "no verification keys yet"},
+            status_code=503,
+            headers={"Retry-After": str(authenticator.retry_after())},
+        )
     return JSONResponse({"status": "ok"})
 
 
