@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ._clock import Clock, Timer
 
 INTERVAL = 0.025  # seconds between readings: 40 cheap callbacks a second
@@ -17,6 +19,7 @@ class LoopLag:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        self.on_tick: Callable[[], None] | None = None  # called after each reading (metrics refresh)
         self._worst = 0.0
         self.last = 0.0  # the worst lateness of the previous window, for the metrics
         self._timer: Timer | None = None
@@ -38,6 +41,8 @@ class LoopLag:
     def _tick(self) -> None:
         self._worst = max(self._worst, self._clock.now() - self._due)
         self._schedule()
+        if self.on_tick is not None:
+            self.on_tick()
 
     def take(self) -> float:
         """The worst lateness since the last call, and start a new window."""
