@@ -94,3 +94,20 @@ def test_the_walk_finds_nested_aliased_and_environ_variables():
 @pytest.mark.parametrize("name", ALL_VARIABLES)
 def test_every_setting_is_documented(name):
     assert name in documented(), f"{name} is a setting but docs/configuration.md does not list it as `{name}`"
+
+
+def _aliases() -> set[str]:
+    return {
+        choice.upper()
+        for settings in SETTINGS
+        for field in settings.model_fields.values()
+        if isinstance(field.validation_alias, AliasChoices)
+        for choice in field.validation_alias.choices
+        if isinstance(choice, str)
+    }
+
+
+def test_every_documented_setting_of_ours_exists():
+    # The other direction: a setting renamed or removed in the code must leave the page too.
+    ours = {n for n in documented() if n.startswith(("CHAT_", "ANALYTICS_", "SERVICEKIT_", "OPENAI_")) and not n.endswith("_")}
+    assert ours - set(ALL_VARIABLES) - _aliases() == set()
