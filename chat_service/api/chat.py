@@ -23,8 +23,8 @@ ERRORS = responses(
         400: "The message text is blank",
         429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
         502: "The model gave an answer we cannot use",
-        503: "The model provider, the local outbox, or the identity provider's keys are unavailable; "
-        "retry after Retry-After when given",
+        503: "Chat is overloaded (admission control sheds the request before any work), or the model provider, "
+        "the local outbox or the identity provider's keys are unavailable; retry after Retry-After when given",
         504: "The model did not answer within CHAT_RUN_DEADLINE",
     },
 )

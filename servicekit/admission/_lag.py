@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._clock import Clock, Timer
+from resilience import Timer, TimerClock
 
 INTERVAL = 0.025  # seconds between readings: 40 cheap callbacks a second
 
@@ -17,7 +17,7 @@ class LoopLag:
     A loop that runs its timers on time is not queueing, whatever the latency says.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: TimerClock) -> None:
         self._clock = clock
         self.on_tick: Callable[[], None] | None = None  # called after each reading (metrics refresh)
         self._worst = 0.0
@@ -35,11 +35,11 @@ class LoopLag:
             self._schedule()
 
     def _schedule(self) -> None:
-        self._due = self._clock.now() + INTERVAL
+        self._due = self._clock.monotonic() + INTERVAL
         self._timer = self._clock.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
-        self._worst = max(self._worst, self._clock.now() - self._due)
+        self._worst = max(self._worst, self._clock.monotonic() - self._due)
         self._schedule()
         if self.on_tick is not None:
             self.on_tick()

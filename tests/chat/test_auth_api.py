@@ -139,6 +139,8 @@ async def test_jwks_down_at_start_up_starts_anyway_unready_and_answers_503(chat_
     async with chat_with(analytics_transport, auth_jwks_url=url, auth_audience=AUDIENCE, auth_jwks_cooldown_seconds=30) as chat:
         ready = await chat.get("/readyz")
         assert ready.status_code == 503 and ready.json()["auth"] == "no verification keys yet"
+        # Until the refresher's next fetch, one cooldown after the failed one at start-up.
+        assert 1 <= int(ready.headers["retry-after"]) <= 30
         response = await chat.post("/chat/", json={"user_id": "alice", "text": "hi"}, headers=bearer("a.b.c"))
         assert response.status_code == 401  # malformed: refused before any key is needed
         token = signed(claims("alice"), rsa_key("a"), "rsa-1", "RS256")
