@@ -20,9 +20,7 @@ import httpx
 
 from .fake_model import fake_model_process
 from .loadgen import percentile
-from .processes import ServiceProcess, analytics_env, chat_env
-
-FAST = ("--loop", "uvloop", "--http", "httptools")
+from .processes import LOOP_FLAGS, ServiceProcess, analytics_env, chat_env
 
 
 async def _one(http: httpx.AsyncClient, url: str, route: str, user: str) -> tuple[float | None, float, bool]:
@@ -88,7 +86,7 @@ def main() -> None:
         "analytics_service.main:app",
         log_path=work / "analytics.log",
         env=analytics_env(f"sqlite:///{work}/a.sqlite3"),
-        extra_args=FAST,
+        extra_args=LOOP_FLAGS,
     )
     model = fake_model_process("Fake LLM", think=args.think, log_path=work / "model.log", fast=True)
     with analytics, model:
@@ -96,7 +94,7 @@ def main() -> None:
             "chat_service.main:app",
             log_path=work / "offline.log",
             env=chat_env(analytics.url, work / "offline.sqlite3", CHAT_LOG_LEVEL="WARNING"),
-            extra_args=FAST,
+            extra_args=LOOP_FLAGS,
         )
         online_env = chat_env(
             analytics.url,
@@ -107,7 +105,7 @@ def main() -> None:
             OPENAI_BASE_URL=model.url + "/v1",
             CHAT_MODEL="fake",
         )
-        online = ServiceProcess("chat_service.main:app", log_path=work / "online.log", env=online_env, extra_args=FAST)
+        online = ServiceProcess("chat_service.main:app", log_path=work / "online.log", env=online_env, extra_args=LOOP_FLAGS)
         with offline, online:
             for name, chat in (("offline", offline), (f"fake model, think {args.think}s", online)):
                 for route in ("/chat/", "/chat/stream"):
