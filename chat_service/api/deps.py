@@ -18,6 +18,7 @@ from ..core.metrics import ChatMetrics
 from ..delivery import Deliverer
 from ..outbox import Outbox
 from ..rate_limit import RateLimiter
+from .turns import ChatTurns
 
 
 class State(TypedDict):
@@ -70,6 +71,10 @@ async def get_authenticator(request: Request) -> Authenticator | None:
     return request.state.authenticator  # type: ignore[no-any-return]
 
 
+async def get_turns(request: Request) -> ChatTurns:
+    return ChatTurns(request)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
 AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
@@ -79,3 +84,4 @@ OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
 RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]
 AuthenticatorDep = Annotated[Authenticator | None, Depends(get_authenticator)]
+TurnsDep = Annotated[ChatTurns, Depends(get_turns)]  # the chat routes' steps, with what they use
