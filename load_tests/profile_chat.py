@@ -22,7 +22,7 @@ import httpx
 from .bench import FAST, _ok, _request_factory, cpu_seconds
 from .fake_model import fake_model_process
 from .loadgen import LoadResult, run_load, summarize
-from .processes import ServiceProcess, analytics_env, chat_env
+from .processes import LOOP_FLAGS, ServiceProcess, analytics_env, chat_env
 
 
 def top_frames(raw: Path, *, limit: int, needle: str = "") -> list[tuple[str, float]]:
@@ -92,7 +92,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="profile-"))
     analytics = ServiceProcess(
         "analytics_service.main:app",
-        extra_args=FAST,
+        extra_args=LOOP_FLAGS,  # our services run with their shipped server flags; the floor with FAST
         log_path=work / "analytics.log",
         env=analytics_env(f"sqlite:///{work}/analytics.sqlite3", ANALYTICS_LOG_LEVEL="WARNING"),
     )
@@ -112,7 +112,7 @@ def main() -> None:
             if args.floor
             else ServiceProcess(
                 "chat_service.main:app",
-                extra_args=FAST,
+                extra_args=LOOP_FLAGS,
                 log_path=work / "chat.log",
                 env=chat_env(
                     analytics.url,
