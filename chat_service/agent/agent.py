@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 from agents import Agent, Model, function_tool
 from opentelemetry.trace import Tracer
 
+from . import sdk_shims
 from .tools import ChatContext, get_current_time, get_user_analytics
 from .tracing import traced_tool
 from .wording import messages_phrase
@@ -18,6 +21,7 @@ BASE_INSTRUCTIONS = (
 
 def build_agent(model: Model, *, tracer: Tracer | None = None) -> Agent[ChatContext]:
     """The shared agent; with a `tracer`, each tool call is an `execute_tool` span."""
+    sdk_shims.install()  # the SDK's per-run agent fingerprint, skipped where it cannot matter
     return Agent[ChatContext](
         name="ChatAgent",
         instructions=BASE_INSTRUCTIONS,
@@ -37,10 +41,16 @@ def personalized(agent: Agent[ChatContext], message_count: int) -> Agent[ChatCon
 
 
 class PersonalizedAgents:
-    """Personalized copies by count, made once each: nothing ever mutates a copy, so runs can share it.
+    """Personalized copies by count, made once each; every run gets a shallow copy of its own.
 
-    Cloning costs ~90 us and the SDK fingerprints each new agent object; most users' counts
-    repeat. At `limit` copies the cache starts over, which bounds memory.
+    Cloning costs ~90 us (`Agent.__post_init__` validates every field) and most users' counts
+    repeat, so the personalized agent is cached. But runs must not share one `Agent` object:
+    on every turn the SDK checks that no concurrent run of the *same object* changed its tools,
+    scanning every run in flight on that object (`agents/run_internal/agent_tool_configuration.py`,
+    "Use a separate agent per run"), so N concurrent chats with the same count paid O(N) each.
+    `copy.copy` (3 us) gives each run its own object sharing the cached one's instructions,
+    tools and model, none of which is ever mutated. At `limit` copies the cache starts over,
+    which bounds memory.
     """
 
     def __init__(self, agent: Agent[ChatContext], *, limit: int = 4096) -> None:
@@ -49,9 +59,9 @@ class PersonalizedAgents:
         self._copies: dict[int, Agent[ChatContext]] = {}
 
     def for_count(self, message_count: int) -> Agent[ChatContext]:
-        copy = self._copies.get(message_count)
-        if copy is None:
+        shared = self._copies.get(message_count)
+        if shared is None:
             if len(self._copies) >= self.limit:
                 self._copies.clear()
-            copy = self._copies[message_count] = personalized(self.agent, message_count)
-        return copy
+            shared = self._copies[message_count] = personalized(self.agent, message_count)
+        return copy.copy(shared)

@@ -17,6 +17,7 @@ from servicekit.logging import get_logger
 
 from ..core.config import OFFLINE, Settings
 from .endpoint import CallObserver, ModelEndpoint
+from .lean_client import lean_client_class
 from .model_errors import classify_model_error
 from .offline_model import OfflineModel
 from .resilient_model import ResilientModel
@@ -54,7 +55,8 @@ def _client(base_url: str | None, api_key: SecretStr | None, settings: Settings,
         max_keepalive_connections=settings.llm_max_concurrency,
         keepalive_expiry=4.0,
     )
-    client = openai.AsyncOpenAI(
+    # The stock client, minus a request "transform" that changes nothing here (see .lean_client).
+    client = lean_client_class()(
         api_key=api_key.get_secret_value() if api_key else "not-needed",
         base_url=base_url,
         timeout=timeout,

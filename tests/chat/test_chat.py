@@ -125,8 +125,12 @@ async def test_the_offline_model_streams_too():
 
     agents = PersonalizedAgents(build_agent(OfflineModel()), limit=1)
     agent = agents.for_count(3)
-    assert agents.for_count(3) is agent, "copies are made once per count"
-    assert agents.for_count(4) is not agent, "the cache starts over at its limit"
+    again = agents.for_count(3)
+    # Each run its own Agent object (the SDK's per-object checks stay O(1)), sharing one cached copy.
+    assert again is not agent
+    assert again.instructions is agent.instructions and again.tools is agent.tools, "copies are made once per count"
+    assert agents.for_count(4).instructions is not agent.instructions
+    assert agents.for_count(3).instructions is not agent.instructions, "the cache starts over at its limit"
     result = Runner.run_streamed(
         agent, "what time is it?", context=ChatContext("u", None), run_config=RunConfig(tracing_disabled=True)
     )
