@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 
 from servicekit.admission import commit_reply
 from servicekit.logging import get_logger
-from servicekit.openapi import responses
+from servicekit.openapi import IdempotencyKey, responses
 
 from ..agent.run import LLMFailure, run_agent
 from ..agent.tools import ChatContext
@@ -18,17 +18,31 @@ from ..analytics_client import RecordItem
 from ..core.metrics import ChatMetrics
 from ..models import ChatMessage, ChatReply, ReplyMetadata
 from ..outbox import OutboxRefused
+from ..sessions import idempotency
 from .auth import AUTH_DESCRIPTIONS, CallerDep, acting_user
-from .deps import AgentsDep, AnalyticsDep, DelivererDep, LLMDep, MetricsDep, OutboxDep, RateLimiterDep, SettingsDep
+from .deps import (
+    AgentsDep,
+    AnalyticsDep,
+    ConversationsDep,
+    DelivererDep,
+    LLMDep,
+    MetricsDep,
+    OutboxDep,
+    RateLimiterDep,
+    SettingsDep,
+)
 
 router = APIRouter(tags=["chat"])
 log = get_logger("chat")
 
 ERRORS = responses(
-    *(400, 401, 403, 413, 422, 429, 502, 503, 504),
+    *(400, 401, 403, 409, 413, 422, 429, 502, 503, 504),
     descriptions={
         **AUTH_DESCRIPTIONS,
         400: "The message text is blank",
+        409: "The conversation is answering another message (waited CHAT_SESSION_LOCK_WAIT), "
+        "or a request with this Idempotency-Key is still running",
+        422: "The body is invalid, or this Idempotency-Key was used with a different body",
         429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
         502: "The model gave an answer we cannot use",
         503: "The model provider, the local outbox, or the identity provider's keys are unavailable; "
@@ -67,8 +81,10 @@ async def chat(
     deliverer: DelivererDep,
     metrics: MetricsDep,
     limiter: RateLimiterDep,
+    conversations: ConversationsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> ChatReply:
-    """Answer a message, personalized with how many messages the user sent before it."""
+    """Answer a message in its conversation, personalized with how many messages the user sent."""
     user_id = acting_user(caller, message.user_id)
     if not message.text.strip():
         raise HTTPException(400, "Message text cannot be empty")
@@ -82,37 +98,49 @@ async def chat(
         if not decision.allowed:
             raise HTTPException(429, "Too many messages", headers={"Retry-After": str(decision.retry_after)})
 
-    count = await analytics.message_count(message.user_id)
-    metrics.analytics_calls.labels("read", count.fallback or "ok").inc()
-    if count.fallback is not None:
-        log.info("analytics_fallback", reason=count.fallback, message_count=0)
+    # A retry of a keyed request answers the stored reply: no model run, no second record.
+    claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
+    if claim.replay is not None:
+        return ChatReply.model_validate_json(claim.replay)
+    # One run at a time per conversation; the turn is stored only if the reply completes.
+    async with claim, conversations.turn(user_id, message.metadata.session_id) as turn:
+        count = await analytics.message_count(message.user_id)
+        metrics.analytics_calls.labels("read", count.fallback or "ok").inc()
+        if count.fallback is not None:
+            log.info("analytics_fallback", reason=count.fallback, message_count=0)
 
-    started = time.perf_counter()
-    try:
-        reply = await run_agent(
-            agents.for_count(count.value),
-            message.text,
-            ChatContext(message.user_id, analytics),
-            run_config=llm.run_config,
-            deadline=settings.run_deadline,
-            max_turns=settings.max_turns,
-            tracing=llm.tracing,
-        )
-    except LLMFailure as failure:
-        metrics.llm_errors.labels(failure.kind).inc()
-        log.warning("llm_failed", kind=failure.kind, status=failure.status)
-        headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
-        raise HTTPException(failure.status, failure.detail, headers=headers) from None
-    finally:
-        metrics.llm_latency.observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        try:
+            reply = await run_agent(
+                agents.for_count(count.value),
+                message.text,
+                ChatContext(message.user_id, analytics),
+                run_config=llm.run_config,
+                deadline=settings.run_deadline,
+                max_turns=settings.max_turns,
+                tracing=llm.tracing,
+                history=turn.history,
+            )
+        except LLMFailure as failure:
+            metrics.llm_errors.labels(failure.kind).inc()
+            log.warning("llm_failed", kind=failure.kind, status=failure.status)
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+            raise HTTPException(failure.status, failure.detail, headers=headers) from None
+        finally:
+            metrics.llm_latency.observe(time.perf_counter() - started)
 
-    commit_reply(request)  # from here the reply is recorded and sent, even if the client leaves
-    try:
-        await outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
-    except OutboxRefused as refused:
-        raise _outbox_refused(refused.reason, metrics) from None
-    deliverer.notify()
-    if reply.offline:
-        metrics.llm_offline_replies.inc()
-    metadata = ReplyMetadata(session_id=message.metadata.session_id, fallback="offline" if reply.offline else None)
-    return ChatReply(user_id=message.user_id, reply=reply.text, metadata=metadata)
+        commit_reply(request)  # from here the reply is recorded and sent, even if the client leaves
+        # A keyed chat's record id comes from its key: a retry that reaches another replica is counted once.
+        record_id = claim.record_id or uuid.uuid4().hex
+        try:
+            await outbox.append(RecordItem(message.user_id, record_id, message.metadata.timestamp.isoformat()))
+        except OutboxRefused as refused:
+            raise _outbox_refused(refused.reason, metrics) from None
+        deliverer.notify()
+        if reply.offline:
+            metrics.llm_offline_replies.inc()
+        metadata = ReplyMetadata(session_id=message.metadata.session_id, fallback="offline" if reply.offline else None)
+        answer = ChatReply(user_id=message.user_id, reply=reply.text, metadata=metadata)
+        await turn.complete(reply.items)
+        await claim.finish(answer.model_dump_json(exclude_none=True))
+    return answer

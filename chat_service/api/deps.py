@@ -18,6 +18,7 @@ from ..core.metrics import ChatMetrics
 from ..delivery import Deliverer
 from ..outbox import Outbox
 from ..rate_limit import RateLimiter
+from ..sessions import Conversations
 
 
 class State(TypedDict):
@@ -32,6 +33,7 @@ class State(TypedDict):
     admission: Limiter | None
     connection_events: ConnectionEvents
     authenticator: Authenticator | None
+    conversations: Conversations
 
 
 async def get_settings(request: Request) -> Settings:
@@ -70,6 +72,10 @@ async def get_authenticator(request: Request) -> Authenticator | None:
     return request.state.authenticator  # type: ignore[no-any-return]
 
 
+async def get_conversations(request: Request) -> Conversations:
+    return request.state.conversations  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
 AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
@@ -79,3 +85,4 @@ OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
 RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]
 AuthenticatorDep = Annotated[Authenticator | None, Depends(get_authenticator)]
+ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
