@@ -17,6 +17,7 @@ from agents.extensions.memory import SQLAlchemySession
 from agents.memory import SessionSettings
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, column, delete, select, table, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from servicekit.logging import get_logger
@@ -57,7 +58,12 @@ def async_url(url: str) -> str:
 
 class SqlBackend:
     def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
-        self._engine: AsyncEngine = create_async_engine(async_url(url), **_engine_options(url, timeout))
+        address = make_url(async_url(url))
+        options = _engine_options(url, timeout)
+        if "search_path" in address.query:  # postgresql://...?search_path=s: asyncpg takes it as a server setting
+            options["connect_args"]["server_settings"] = {"search_path": address.query["search_path"]}
+            address = address.difference_update_query(["search_path"])
+        self._engine: AsyncEngine = create_async_engine(address, **options)
         self.name = self._engine.dialect.name
         self._settings = SessionSettings(limit=max_items)
         self._ttl = ttl
