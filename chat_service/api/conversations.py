@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from servicekit.openapi import responses
 from servicekit.validation import UserId
@@ -14,7 +16,17 @@ from ..sessions import StoreUnavailable
 from .auth import AUTH_DESCRIPTIONS, CallerDep, acting_user
 from .deps import ConversationsDep
 
-router = APIRouter(tags=["sessions"])
+
+class _SharedPath(APIRoute):
+    """GET and DELETE share the path: a 405 lists both in Allow (Starlette names only the first route's)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in self.methods:
+            raise HTTPException(405, "Method Not Allowed", headers={"Allow": "DELETE, GET"})
+        await super().handle(scope, receive, send)
+
+
+router = APIRouter(tags=["sessions"], route_class=_SharedPath)
 _UNAVAILABLE = "The session store, or the identity provider's keys, cannot be reached; retry after Retry-After"
 READ_ERRORS = responses(
     401, 403, 404, 422, 503, descriptions={**AUTH_DESCRIPTIONS, 404: "No such conversation for this user", 503: _UNAVAILABLE}

@@ -23,7 +23,13 @@ class KeyInFlight(HTTPException):
 
 class KeyReused(HTTPException):
     def __init__(self) -> None:
-        super().__init__(422, "This Idempotency-Key was used with a different request body")
+        # The validation-error shape every 422 of the API has.
+        issue = {
+            "loc": ["header", "Idempotency-Key"],
+            "msg": "This key was used with a different request body",
+            "type": "key_reused",
+        }
+        super().__init__(422, [issue])
 
 
 class Claim:

@@ -200,7 +200,9 @@ async def test_the_offline_model_is_the_last_resort_and_says_so(chat_with, analy
         llm = (await chat.get("/health/dependencies")).json()["llm"]
         metrics = (await chat.get("/metrics")).text
     assert response.status_code == 200
-    assert response.json()["reply"] == "Hello! You have sent 5 messages so far. This is message 1 of this conversation. How can I help you today?"
+    assert response.json()["reply"] == (
+        "Hello! You have sent 5 messages so far. This is message 1 of this conversation. How can I help you today?"
+    )
     assert response.json()["metadata"]["fallback"] == "offline"
     assert llm["offline_fallback"] is True
     assert "chat_llm_offline_replies_total 1.0" in metrics

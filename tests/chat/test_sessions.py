@@ -122,7 +122,7 @@ async def test_a_retried_post_answers_the_stored_reply_and_counts_once(chat, ana
     await drained(chat)
     assert (await chat.get("/users/alice/analytics")).json()["message_count"] == analytics + 1
     other_body = await chat.post("/chat/", json=say("alice", "something else"), headers=key)
-    assert other_body.status_code == 422 and "different request body" in other_body.json()["detail"]
+    assert other_body.status_code == 422 and other_body.json()["detail"][0]["type"] == "key_reused"
     bob = await chat.post("/chat/", json=say("bob", "pay once"), headers=key)  # keys are per user
     assert bob.status_code == 200 and bob.json()["user_id"] == "bob"
 
