@@ -21,7 +21,7 @@ class _SharedPath(APIRoute):
     """GET and DELETE share the path: a 405 lists both in Allow (Starlette names only the first route's)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in self.methods:
+        if self.methods and scope["method"] not in self.methods:
             raise HTTPException(405, "Method Not Allowed", headers={"Allow": "DELETE, GET"})
         await super().handle(scope, receive, send)
 
