@@ -16,6 +16,7 @@ from ._conversations import Conversations
 from ._guarded import Guarded
 from ._redis import RedisBackend
 from ._sql import SqlBackend
+from ._sqlite import SqliteBackend
 
 log = get_logger("sessions")
 OFF = "off"
@@ -30,6 +31,8 @@ def default_url(outbox_path: str) -> str:
 def make_backend(url: str, *, max_items: int, ttl: float, timeout: float) -> Backend:
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisBackend(url, max_items=max_items, ttl=ttl, timeout=timeout)
+    if url.startswith("sqlite:///"):
+        return SqliteBackend(url, max_items=max_items, ttl=ttl, timeout=timeout)
     return SqlBackend(url, max_items=max_items, ttl=ttl, timeout=timeout)
 
 

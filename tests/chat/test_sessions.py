@@ -58,7 +58,7 @@ async def test_history_keeps_the_most_recent_max_items(chat_with, analytics_tran
         turns = (await chat.get("/sessions/s-1", params={"user_id": "alice"})).json()["turns"]
     assert [t["text"] for t in turns] == ["m3", "m4"]  # two items a turn: user and assistant
     assert "message 3 of this conversation" in replies[4]  # the model saw the 2 turns kept, then this one
-    rows = sqlite3.connect(tmp_path / "chat-sessions.sqlite3").execute("select count(*) from agent_messages").fetchone()
+    rows = sqlite3.connect(tmp_path / "chat-sessions.sqlite3").execute("select count(*) from conversation_items").fetchone()
     assert rows == (4,)
 
 
