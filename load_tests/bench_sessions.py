@@ -109,7 +109,7 @@ async def bounded_at_scale(concurrent: int, turns: int, max_items: int) -> None:
             await asyncio.gather(*(converse(n) for n in range(concurrent)))
             elapsed = time.perf_counter() - started
         rows = sqlite3.connect(path).execute(
-            "select max(c), count(*) from (select count(*) c from agent_messages group by session_id)"
+            "select max(c), count(*) from (select count(*) c from conversation_items group by session_id)"
         )
         most, sessions = rows.fetchone()
     print(
