@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import jwt
 import pytest
 
 from chat_service.sessions._keys import record_id
@@ -154,3 +155,15 @@ def test_the_record_id_of_a_key_is_the_same_everywhere_and_per_user():
 async def test_a_malformed_idempotency_key_is_422(chat, header):
     response = await chat.post("/chat/", json=say("alice", "hi"), headers={"Idempotency-Key": header})
     assert response.status_code == 422
+
+
+async def test_with_auth_on_a_conversation_is_the_subjects_own(chat_with, analytics_transport):
+    secret = "s" * 32
+    alice = {"Authorization": "Bearer " + jwt.encode({"sub": "alice", "exp": 2_000_000_000}, secret, algorithm="HS256")}
+    async with chat_with(analytics_transport, auth_jwt_secret=secret) as chat:
+        assert (await chat.post("/chat/", json=say("alice", "mine"), headers=alice)).status_code == 200
+        assert (await chat.post("/chat/", json=say("bob", "as bob"), headers=alice)).status_code == 403
+        assert (await chat.get("/sessions/s-1", params={"user_id": "alice"}, headers=alice)).status_code == 200
+        assert (await chat.get("/sessions/s-1", params={"user_id": "bob"}, headers=alice)).status_code == 403
+        assert (await chat.delete("/sessions/s-1", params={"user_id": "bob"}, headers=alice)).status_code == 403
+        assert (await chat.get("/sessions/s-1", params={"user_id": "alice"})).status_code == 401
