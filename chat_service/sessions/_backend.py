@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from agents.memory.session import Session
 
@@ -42,11 +42,11 @@ class Backend(Protocol):
     async def trim(self, key: str, keep: int) -> None:
         """Drop all but the `keep` most recent items."""
 
-    async def try_lock(self, key: str, token: str, lease: float) -> bool:
-        """Take the conversation's lease lock if free or expired."""
+    async def open_turn(self, key: str, token: str, lease: float) -> list[Any] | None:
+        """Take the conversation's lease lock and read its history; None while another run holds it."""
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Release the lock if `token` still holds it."""
+    async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        """Store the turn's `items` (if any), keep only the `trim_to` most recent, release the lock."""
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
         """Store `record` unless a live one exists: None when stored, else the live record."""
@@ -56,3 +56,32 @@ class Backend(Protocol):
 
     async def release(self, key: str, token: str) -> None:
         """Forget the record `token` holds (its run failed)."""
+
+
+class LockingBackend(Protocol):
+    def session(self, key: str) -> Session: ...
+    async def try_lock(self, key: str, token: str, lease: float) -> bool: ...
+    async def unlock(self, key: str, token: str) -> None: ...
+    async def trim(self, key: str, keep: int) -> None: ...
+
+
+class ComposedTurns:
+    """`open_turn`/`close_turn` as separate store calls, for stores without a one-call version."""
+
+    async def open_turn(self: LockingBackend, key: str, token: str, lease: float) -> list[Any] | None:
+        if not await self.try_lock(key, token, lease):
+            return None
+        try:
+            return await self.session(key).get_items()
+        except BaseException:
+            await self.unlock(key, token)
+            raise
+
+    async def close_turn(self: LockingBackend, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        try:
+            if items:
+                await self.session(key).add_items(items)
+            if trim_to is not None:
+                await self.trim(key, trim_to)
+        finally:
+            await self.unlock(key, token)

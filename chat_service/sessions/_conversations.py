@@ -61,18 +61,23 @@ class Turn:
     history: list[TResponseInputItem]
     _conversations: Conversations
     _key: str
+    _token: str
     _stored: int  # items the store holds for this conversation (as far as we know)
-    _loaded: bool
+    _loaded: bool  # False when the store failed: the turn runs without history and is not stored
     completed: bool = field(default=False)
+    closed: bool = field(default=False)
 
     async def complete(self, new_items: list[TResponseInputItem]) -> None:
-        """Store the turn (the user's item first, then the run's); a store failure is counted, not raised."""
-        if not self._loaded or not new_items:
-            return  # the store failed at load: the turn ran without history and is not stored
+        """Store the turn (the user's item first, then the run's) and free the conversation.
+
+        A store failure is counted and logged, not raised: the reply still goes out.
+        """
+        self.completed = True
+        if not new_items:
+            return
         first = {**new_items[0], TURN_AT: datetime.now(UTC).isoformat()}
         items: list[TResponseInputItem] = [first, *new_items[1:]]  # type: ignore[list-item]
-        await self._conversations.store_turn(self._key, items, self._stored)
-        self.completed = True
+        await self._conversations.close(self, items)
 
 
 class Conversations:
@@ -94,10 +99,14 @@ class Conversations:
     async def turn(self, user_id: str, session_id: str) -> AsyncIterator[Turn]:
         """Hold the conversation for one run (409 `Busy` after `lock_wait`) and give its history."""
         key = conversation_key(user_id, session_id)
-        started = time.monotonic()
-        async with self._local(key), self._shared(key, self.lock_wait - (time.monotonic() - started)):
-            history, stored, loaded = await self._load(key)
-            yield Turn(history, self, key, stored, loaded)
+        deadline = time.monotonic() + self.lock_wait
+        async with self._local(key):
+            turn = await self._open(key, deadline)
+            try:
+                yield turn
+            finally:
+                if not turn.closed:  # a failed or cancelled run: free the conversation, store nothing
+                    await self.close(turn, None)
 
     @asynccontextmanager
     async def _local(self, key: str) -> AsyncIterator[None]:
@@ -118,49 +127,34 @@ class Conversations:
             if not self._waiters[key]:
                 del self._waiters[key], self._locks[key]
 
-    @asynccontextmanager
-    async def _shared(self, key: str, wait: float) -> AsyncIterator[None]:
+    async def _open(self, key: str, deadline: float) -> Turn:
+        """Take the shared lock and read the history in one store call (polled until `deadline`)."""
         backend = self.backend
-        if backend is None:
-            yield
-            return
         token = uuid.uuid4().hex
-        deadline = time.monotonic() + max(wait, 0.0)
+        if backend is None:
+            return Turn([], self, key, token, 0, False, closed=True)
         try:
-            while not await self.guarded.call("lock", lambda: backend.try_lock(key, token, self.lease)):
+            while (raw := await self.guarded.call("open", lambda: backend.open_turn(key, token, self.lease))) is None:
                 if time.monotonic() >= deadline:
                     raise Busy()
                 await asyncio.sleep(_POLL)
         except StoreUnavailable:
             # Without the store, the in-process lock is all there is: the chat still answers.
-            yield
-            return
-        try:
-            yield
-        finally:
-            with contextlib.suppress(StoreUnavailable):  # the lease frees it
-                await asyncio.shield(self.guarded.call("unlock", lambda: backend.unlock(key, token)))
+            return Turn([], self, key, token, 0, False, closed=True)
+        return Turn([_strip(item) for item in _from_turn_start(raw)], self, key, token, len(raw), True)
 
-    async def _load(self, key: str) -> tuple[list[TResponseInputItem], int, bool]:
-        if self.backend is None:
-            return [], 0, False
-        session = self.backend.session(key)
-        try:
-            raw = await self.guarded.call("load", session.get_items)
-        except StoreUnavailable:
-            return [], 0, False
-        return [_strip(item) for item in _from_turn_start(raw)], len(raw), True
-
-    async def store_turn(self, key: str, items: list[TResponseInputItem], stored: int) -> None:
+    async def close(self, turn: Turn, items: list[TResponseInputItem] | None) -> None:
+        """Store `items` (when given), trim to `max_items`, free the shared lock: one store call."""
         backend = self.backend
-        assert backend is not None
-        session = backend.session(key)
-        try:
-            await asyncio.shield(self.guarded.call("store", lambda: session.add_items(items)))
-            if stored + len(items) > self.max_items:
-                await asyncio.shield(self.guarded.call("trim", lambda: backend.trim(key, self.max_items)))
-        except StoreUnavailable:
-            pass  # counted and logged by `guarded`; the reply still goes out
+        if turn.closed or backend is None:
+            return
+        turn.closed = True
+        over = items is not None and turn._stored + len(items) > self.max_items
+        call = self.guarded.call(
+            "close", lambda: backend.close_turn(turn._key, turn._token, items, self.max_items if over else None)
+        )
+        with contextlib.suppress(StoreUnavailable):  # counted and logged by `guarded`; a lock's lease frees it
+            await asyncio.shield(call)
 
     async def turns(self, user_id: str, session_id: str) -> list[TurnView]:
         """The conversation as turns with timestamps; raises `StoreUnavailable`."""

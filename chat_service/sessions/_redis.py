@@ -6,7 +6,7 @@ from agents.extensions.memory import RedisSession
 from agents.memory import SessionSettings
 from redis.asyncio import Redis
 
-from ._backend import IdempotencyRecord
+from ._backend import ComposedTurns, IdempotencyRecord
 
 _PREFIX = "chat:session"
 # Compare-and-delete and compare-and-set: only the holder of the token may release or finish.
@@ -21,7 +21,7 @@ _FINISH = (
 )
 
 
-class RedisBackend:
+class RedisBackend(ComposedTurns):
     name = "redis"
 
     def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:

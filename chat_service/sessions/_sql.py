@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from servicekit.logging import get_logger
 
-from ._backend import IdempotencyRecord
+from ._backend import ComposedTurns, IdempotencyRecord
 
 log = get_logger("sessions")
 
@@ -56,7 +56,7 @@ def async_url(url: str) -> str:
     return url.replace("postgres://", "postgresql+asyncpg://", 1) if url.startswith("postgres://") else url
 
 
-class SqlBackend:
+class SqlBackend(ComposedTurns):
     def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
         address = make_url(async_url(url))
         options = _engine_options(url, timeout)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agents.items import TResponseInputItem
 from agents.memory import SessionSettings
@@ -91,13 +91,7 @@ class SqliteBackend:
         return SqliteSession(key, self, self._settings)
 
     async def trim(self, key: str, keep: int) -> None:
-        await self.run(
-            lambda db: db.execute(
-                "DELETE FROM conversation_items WHERE session_id = ? AND id <= "
-                "(SELECT id FROM conversation_items WHERE session_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (key, key, keep),
-            )
-        )
+        await self.run(lambda db: _trim(db, key, keep))
 
     async def sweep(self) -> None:
         """Forget conversations idle longer than the TTL, and expired locks and idempotency records."""
@@ -121,18 +115,33 @@ class SqliteBackend:
             except Exception as error:  # the next sweep tries again
                 log.warning("session_sweep_failed", error=type(error).__name__)
 
-    async def try_lock(self, key: str, token: str, lease: float) -> bool:
+    async def open_turn(self, key: str, token: str, lease: float) -> list[Any] | None:
         now = time.time()
-        statement = (
-            "INSERT INTO conversation_locks (key, token, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
-            "WHERE conversation_locks.expires_at < ? RETURNING token"
-        )
-        row = await self.run(lambda db: db.execute(statement, (key, token, now + lease, now)).fetchone())
-        return row is not None and row[0] == token
 
-    async def unlock(self, key: str, token: str) -> None:
-        await self.run(lambda db: db.execute("DELETE FROM conversation_locks WHERE key = ? AND token = ?", (key, token)))
+        def open_turn(db: sqlite3.Connection) -> list[Any] | None:
+            row = db.execute(
+                "INSERT INTO conversation_locks (key, token, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
+                "WHERE conversation_locks.expires_at < ? RETURNING token",
+                (key, token, now + lease, now),
+            ).fetchone()
+            if row is None:
+                return None
+            return _read(db, key, self._settings.limit)
+
+        return await self.run(open_turn)
+
+    async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        now = time.time()
+
+        def close_turn(db: sqlite3.Connection) -> None:
+            if items:
+                _write(db, key, items, now)
+            if trim_to is not None:
+                _trim(db, key, trim_to)
+            db.execute("DELETE FROM conversation_locks WHERE key = ? AND token = ?", (key, token))
+
+        await self.run(close_turn)
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
         now = time.time()
@@ -171,25 +180,11 @@ class SqliteSession(SessionABC):
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         count = limit if limit is not None else self.session_settings.limit if self.session_settings else None
-        statement = "SELECT data FROM conversation_items WHERE session_id = ? ORDER BY id DESC LIMIT ?"
-        rows = await self._backend.run(
-            lambda db: db.execute(statement, (self.session_id, -1 if count is None else count)).fetchall()
-        )
-        return [json.loads(data) for (data,) in reversed(rows)]
+        return await self._backend.run(lambda db: _read(db, self.session_id, count))
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         now = time.time()
-        rows = [(self.session_id, json.dumps(item, separators=(",", ":")), now) for item in items]
-
-        def add(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT INTO conversation_items (session_id, data, created_at) VALUES (?, ?, ?)", rows)
-            db.execute(
-                "INSERT INTO conversations (session_id, updated_at) VALUES (?, ?) "
-                "ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at",
-                (self.session_id, now),
-            )
-
-        await self._backend.run(add)
+        await self._backend.run(lambda db: _write(db, self.session_id, items, now))
 
     async def pop_item(self) -> TResponseInputItem | None:
         statement = (
@@ -205,3 +200,27 @@ class SqliteSession(SessionABC):
             db.execute("DELETE FROM conversations WHERE session_id = ?", (self.session_id,))
 
         await self._backend.run(clear)
+
+
+def _read(db: sqlite3.Connection, key: str, limit: int | None) -> list[Any]:
+    statement = "SELECT data FROM conversation_items WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+    rows = db.execute(statement, (key, -1 if limit is None else limit)).fetchall()
+    return [json.loads(data) for (data,) in reversed(rows)]
+
+
+def _write(db: sqlite3.Connection, key: str, items: list[Any], now: float) -> None:
+    rows = [(key, json.dumps(item, separators=(",", ":")), now) for item in items]
+    db.executemany("INSERT INTO conversation_items (session_id, data, created_at) VALUES (?, ?, ?)", rows)
+    db.execute(
+        "INSERT INTO conversations (session_id, updated_at) VALUES (?, ?) "
+        "ON CONFLICT (session_id) DO UPDATE SET updated_at = excluded.updated_at",
+        (key, now),
+    )
+
+
+def _trim(db: sqlite3.Connection, key: str, keep: int) -> None:
+    db.execute(
+        "DELETE FROM conversation_items WHERE session_id = ? AND id <= "
+        "(SELECT id FROM conversation_items WHERE session_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        (key, key, keep),
+    )

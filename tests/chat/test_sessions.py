@@ -81,8 +81,8 @@ async def test_a_store_that_is_down_costs_the_history_not_the_chat(chat_with, an
         keyed = await chat.post("/chat/", json=say("alice", "k"), headers={"Idempotency-Key": "k-1"})
         assert keyed.status_code == 200
         metrics = (await chat.get("/metrics")).text
-    assert 'chat_session_store_failures_total{operation="load",reason="' in metrics
-    assert 'operation="load",reason="breaker_open"' in metrics  # the breaker spares the dead store
+    assert 'chat_session_store_failures_total{operation="open",reason="' in metrics
+    assert 'operation="open",reason="breaker_open"' in metrics  # the breaker spares the dead store
 
 
 async def test_a_failed_run_leaves_the_history_as_it_was(chat_with, analytics_transport, models):

@@ -70,4 +70,4 @@ def test_a_redis_store_that_dies_costs_the_history_not_the_chat(make_stack, tmp_
     assert time.perf_counter() - started < 5
     assert stack.logs().count("session_store_failed") == 1  # once per outage, not once per chat
     metrics = httpx.get(stack.chat.url + "/metrics", timeout=5).text
-    assert 'chat_session_store_failures_total{operation="load",reason="breaker_open"}' in metrics
+    assert 'chat_session_store_failures_total{operation="open",reason="breaker_open"}' in metrics
