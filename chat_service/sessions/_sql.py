@@ -1,9 +1,8 @@
-"""The SQL store: the SDK's `SQLAlchemySession` for history, plus lease locks and idempotency records.
+"""The PostgreSQL store: the SDK's `SQLAlchemySession` (asyncpg) for history, plus lease locks and idempotency records.
 
-SQLite (aiosqlite) by default, PostgreSQL (asyncpg) for replicas. Locks are lease rows rather than
-PostgreSQL advisory locks: an advisory lock pins a pooled connection for a whole model run, a lease
-row costs two short statements and frees itself when a replica dies. SQLite uses the same rows,
-because several workers on one host share the file.
+Locks are lease rows rather than PostgreSQL advisory locks: an advisory lock pins a pooled
+connection for a whole model run, a lease row costs two short statements and frees itself when a
+replica dies.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from typing import Any
 
 from agents.extensions.memory import SQLAlchemySession
 from agents.memory import SessionSettings
-from sqlalchemy import Column, Float, MetaData, String, Table, Text, column, delete, event, select, table, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, Float, MetaData, String, Table, Text, column, delete, select, table, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -49,27 +48,24 @@ _SESSIONS = table("agent_sessions", column("session_id"), column("updated_at"))
 
 
 def async_url(url: str) -> str:
-    """sqlite:///f and postgresql://... as SQLAlchemy async URLs (aiosqlite, asyncpg)."""
-    for prefix, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", "postgresql+asyncpg://")):
+    """postgresql://... (or postgres://...) as a SQLAlchemy asyncpg URL."""
+    for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return driver + url.removeprefix(prefix)
-    return url.replace("postgres://", "postgresql+asyncpg://", 1) if url.startswith("postgres://") else url
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
 
 
 class SqlBackend(ComposedTurns):
     def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
         address = make_url(async_url(url))
-        options = _engine_options(url, timeout)
+        options = _engine_options(timeout)
         if "search_path" in address.query:  # postgresql://...?search_path=s: asyncpg takes it as a server setting
             options["connect_args"]["server_settings"] = {"search_path": address.query["search_path"]}
             address = address.difference_update_query(["search_path"])
         self._engine: AsyncEngine = create_async_engine(address, **options)
-        if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         self.name = self._engine.dialect.name
         self._settings = SessionSettings(limit=max_items)
         self._ttl = ttl
-        self._insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
         self._sweeper: asyncio.Task[None] | None = None
         self._tables = False
 
@@ -112,10 +108,7 @@ class SqlBackend(ComposedTurns):
     async def sweep(self) -> None:
         """Forget conversations idle longer than the TTL, and expired locks and idempotency records."""
         await self._ensure_tables()
-        if self.name == "postgresql":
-            cutoff = text("CURRENT_TIMESTAMP - make_interval(secs => :ttl)")
-        else:
-            cutoff = text("datetime('now', '-' || :ttl || ' seconds')")
+        cutoff = text("CURRENT_TIMESTAMP - make_interval(secs => :ttl)")
         idle = select(_SESSIONS.c.session_id).where(_SESSIONS.c.updated_at < cutoff)
         now = time.time()
         async with self._engine.begin() as connection:
@@ -139,7 +132,7 @@ class SqlBackend(ComposedTurns):
         now = time.time()
         values = {"token": token, "expires_at": now + lease}
         statement = (
-            self._insert(_LOCKS)
+            insert(_LOCKS)
             .values(key=key, **values)
             .on_conflict_do_update(index_elements=["key"], set_=values, where=_LOCKS.c.expires_at < now)
             .returning(_LOCKS.c.token)
@@ -157,7 +150,7 @@ class SqlBackend(ComposedTurns):
         now = time.time()
         values = {"token": record.token, "fingerprint": record.fingerprint, "reply": None, "expires_at": now + lease}
         statement = (
-            self._insert(_IDEMPOTENCY)
+            insert(_IDEMPOTENCY)
             .values(key=key, **values)
             .on_conflict_do_update(index_elements=["key"], set_=values, where=_IDEMPOTENCY.c.expires_at < now)
             .returning(_IDEMPOTENCY.c.token)
@@ -190,21 +183,7 @@ class SqlBackend(ComposedTurns):
             await connection.execute(delete(_IDEMPOTENCY).where(_IDEMPOTENCY.c.key == key, _IDEMPOTENCY.c.token == token))
 
 
-def _sqlite_pragmas(connection: Any, _: Any) -> None:
-    # As the outbox: WAL with NORMAL sync survives a crash of the process (not of the host's power)
-    # and spares an fsync per turn. The SDK sets WAL and its busy timeout too.
-    cursor = connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-
-
-def _engine_options(url: str, timeout: float) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        # One writer at a time in SQLite: a short busy wait, bounded by the call timeout anyway.
-        return {"connect_args": {"timeout": timeout}}
+def _engine_options(timeout: float) -> dict[str, Any]:
     # asyncpg: a connect that cannot finish and a statement that hangs both fail within the timeout.
     return {"connect_args": {"timeout": timeout, "command_timeout": timeout}, "pool_pre_ping": False}
 

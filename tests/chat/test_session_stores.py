@@ -74,3 +74,13 @@ async def test_redis_expires_a_conversation_after_the_ttl(tmp_path, analytics_tr
         assert (await chat.get("/sessions/s-1", params={"user_id": user})).status_code == 200
         await asyncio.sleep(1.3)
         assert (await chat.get("/sessions/s-1", params={"user_id": user})).status_code == 404
+
+
+@pytest.mark.postgres
+async def test_postgres_sweeps_a_conversation_idle_longer_than_the_ttl(tmp_path, analytics_transport):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    async with postgres_schema() as url, running_chat(tmp_path, analytics_transport, sessions_url=url, session_ttl=1.0) as chat:
+        await chat.post("/chat/", json=say(user, "hi"))
+        assert (await chat.get("/sessions/s-1", params={"user_id": user})).status_code == 200
+        await asyncio.sleep(1.8)  # the sweep runs every ttl/4
+        assert (await chat.get("/sessions/s-1", params={"user_id": user})).status_code == 404
