@@ -27,9 +27,9 @@ import httpx
 
 from .fake_model import fake_model_process
 from .loadgen import LoadResult, chat_request, run_load, summarize
-from .processes import ServiceProcess, analytics_env, chat_env
+from .processes import LOOP_FLAGS, ServiceProcess, analytics_env, chat_env
 
-FAST = ("--loop", "uvloop", "--http", "httptools")
+FAST = ("--loop", "uvloop", "--http", "httptools")  # the floors and the fake model; our services run as shipped
 
 
 def cpu_seconds(pid: int) -> float:
@@ -87,7 +87,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     analytics = ServiceProcess(
         "analytics_service.main:app",
-        extra_args=FAST,
+        extra_args=LOOP_FLAGS,
         log_path=work / "analytics.log",
         env=analytics_env(f"sqlite:///{work}/analytics.sqlite3", ANALYTICS_LOG_LEVEL="WARNING"),
     )
@@ -136,7 +136,7 @@ def offline_path(analytics: ServiceProcess, work: Path, args: argparse.Namespace
     chat = ServiceProcess(
         "chat_service.main:app",
         workers=args.chat_workers,
-        extra_args=FAST,
+        extra_args=LOOP_FLAGS,
         log_path=work / "chat.log",
         env=chat_env(analytics.url, work / "outbox.sqlite3", CHAT_LOG_LEVEL="WARNING"),
     )
@@ -180,7 +180,7 @@ def model_path(analytics: ServiceProcess, work: Path, args: argparse.Namespace) 
         chat = ServiceProcess(
             "chat_service.main:app",
             workers=args.chat_workers,
-            extra_args=FAST,
+            extra_args=LOOP_FLAGS,
             log_path=work / "chat-model.log",
             env=chat_env(
                 analytics.url,

@@ -29,9 +29,8 @@ import httpx
 
 from .fake_model import fake_model_process
 from .loadgen import LoadResult, Sample, chat_request, percentile, run_load
-from .processes import ServiceProcess, analytics_env, chat_env
+from .processes import LOOP_FLAGS, ServiceProcess, analytics_env, chat_env
 
-FAST = ("--loop", "uvloop", "--http", "httptools")
 Health = dict[str, Any]
 
 
@@ -190,7 +189,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-model-"))
     analytics = ServiceProcess(
         "analytics_service.main:app",
-        extra_args=FAST,
+        extra_args=LOOP_FLAGS,
         log_path=work / "analytics.log",
         env=analytics_env(f"sqlite:///{work}/analytics.sqlite3", ANALYTICS_LOG_LEVEL="WARNING"),
     )
@@ -199,7 +198,7 @@ def main() -> None:
     fallbacks = [{"base_url": fallback.url + "/v1", "model": "fallback-model", "api_key": "sk-bench"}]
     chat = ServiceProcess(
         "chat_service.main:app",
-        extra_args=FAST,
+        extra_args=LOOP_FLAGS,
         log_path=work / "chat.log",
         env=chat_env(
             analytics.url,

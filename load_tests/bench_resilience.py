@@ -27,7 +27,7 @@ import httpx
 from resilience import Pipeline, Policy, classify_httpx, send
 from servicekit.transport import AiohttpTransport
 
-from .processes import ServiceProcess, analytics_env
+from .processes import LOOP_FLAGS, ServiceProcess, analytics_env
 
 TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
@@ -172,7 +172,7 @@ def print_transport_cost(results: Mapping[int, Mapping[str, Sequence[tuple[float
 def analytics_process(work: Path) -> ServiceProcess:
     return ServiceProcess(
         "analytics_service.main:app",
-        extra_args=("--loop", "uvloop", "--http", "httptools"),
+        extra_args=LOOP_FLAGS,
         log_path=work / "analytics.log",
         env=analytics_env(f"sqlite:///{work}/a.sqlite3", ANALYTICS_SEED_DEMO_DATA="true", ANALYTICS_LOG_LEVEL="WARNING"),
     )

@@ -10,9 +10,11 @@
   `ok`; an HTTP status such as `"503"`, `"500"` or `"429"` (with `Retry-After: retry_after`
   when set); `hang` (never answers, until the client goes away); `garbage` (200, not JSON);
   `invalid_json` (200, `application/json`, broken); `empty` (200, an empty reply); `stall` and
-  `cut` (a stream sends its first chunk, then hangs or drops the connection). `think` is the
-  seconds an answer takes (a larger one makes a slow model).
-- `GET /stats` counts requests received and answers given; `POST /stats/reset` zeroes them;
+  `cut` (a stream sends its first chunk, then hangs or drops the connection); `stall_mid` and
+  `cut_mid` (the same after the first word of the reply). `think` is the seconds an answer
+  takes (a larger one makes a slow model).
+- `GET /stats` counts requests received and answers given, and the streams whose client hung up
+  before their end (`streams_abandoned`, the last at `abandoned_at`, a Unix time); `POST /stats/reset` zeroes them;
   `GET /requests` shows the last requests (body, authorization and traceparent headers).
 
 `FAKE_MODEL_NAME` names the server in its replies ("<name> here. ..."), `FAKE_MODEL_THINK`
@@ -41,7 +43,7 @@ from starlette.routing import Route
 from .processes import ServiceProcess
 
 _COUNT = re.compile(r"has sent (\d+) messages?")
-MODES = frozenset({"ok", "hang", "garbage", "invalid_json", "empty", "stall", "cut"})
+MODES = frozenset({"ok", "hang", "garbage", "invalid_json", "empty", "stall", "cut", "stall_mid", "cut_mid"})
 
 
 @dataclass
@@ -52,10 +54,19 @@ class FakeState:
     retry_after: str | None = None
     requests: int = 0
     answered: int = 0
+    streams_abandoned: int = 0
+    abandoned_at: float | None = None
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests, "answered": self.answered, "mode": self.mode, "think": self.think}
+        return {
+            "requests": self.requests,
+            "answered": self.answered,
+            "mode": self.mode,
+            "think": self.think,
+            "streams_abandoned": self.streams_abandoned,
+            "abandoned_at": self.abandoned_at,
+        }
 
 
 def _plural(count: str) -> str:
@@ -126,12 +137,19 @@ async def _until_disconnected(request: Request) -> None:
 
 
 async def _stream(state: FakeState, chunks: list[dict[str, Any]], mode: str) -> AsyncIterator[bytes]:
-    for index, chunk in enumerate(chunks):
-        if index == 1 and mode == "stall":
-            await asyncio.Event().wait()  # Starlette cancels the stream when the client goes away
-        if index == 1 and mode == "cut":
-            raise ConnectionAbortedError("the fake model drops the stream on purpose")
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    # Chunk 0 carries the role only, chunk 1 the first word: "_mid" modes act after the first word.
+    where = 2 if mode.endswith("_mid") else 1
+    try:
+        for index, chunk in enumerate(chunks):
+            if index == where and mode.startswith("stall"):
+                await asyncio.Event().wait()  # Starlette cancels the stream when the client goes away
+            if index == where and mode.startswith("cut"):
+                raise ConnectionAbortedError("the fake model drops the stream on purpose")
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+    except asyncio.CancelledError:
+        state.streams_abandoned += 1
+        state.abandoned_at = time.time()
+        raise
     state.answered += 1
     yield b"data: [DONE]\n\n"
 
@@ -147,7 +165,7 @@ async def completions(request: Request) -> Response:
     if mode.isdigit():
         headers = {"retry-after": state.retry_after} if state.retry_after else None
         return JSONResponse({"error": {"message": f"fake {mode}", "type": "fake"}}, status_code=int(mode), headers=headers)
-    if mode == "hang" or (mode in ("stall", "cut") and not body.get("stream")):
+    if mode == "hang" or (mode.startswith(("stall", "cut")) and not body.get("stream")):
         await _until_disconnected(request)
         return Response(status_code=499)
     if state.think:
@@ -186,7 +204,8 @@ async def stats(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     state: FakeState = request.app.state.fake
-    state.requests = state.answered = 0
+    state.requests = state.answered = state.streams_abandoned = 0
+    state.abandoned_at = None
     state.recent.clear()
     return JSONResponse(state.stats())
 

@@ -12,6 +12,10 @@ Put it between a client and a real server, then change what it does at any time:
 | `latency S` | every chunk the server sends arrives S seconds late |
 | `blackhole` | connections open, but nothing goes through in either direction and nothing is answered |
 | `close` | every connection, open or new, is closed at once |
+| `refuse` | connection refused, as if the server died: the port stops listening, open connections are aborted |
+
+Any mode after `refuse` listens again on the same port: the moment the "server" is back is exact,
+with none of a restarted server's start-up time.
 
 `FaultProxy` runs in the caller's event loop; `ProxyProcess` runs it as a child process and is
 driven through its control port (one command a line, answered `ok`), so a test or benchmark that
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 
 from .processes import ROOT, free_port
 
-MODES = ("pass", "reset", "cut", "latency", "blackhole", "close")
+MODES = ("pass", "reset", "cut", "latency", "blackhole", "close", "refuse")
 
 
 @dataclass
@@ -84,18 +88,33 @@ class FaultProxy:
 
     async def stop(self) -> None:
         """Stop listening, close every connection and wait for their handlers to end."""
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._open):
-                writer.transport.abort()
-            if self._handlers:
-                await asyncio.wait(self._handlers)
-            await self._server.wait_closed()
+        server = self._server
+        self._refuse()
+        if self._handlers:
+            await asyncio.wait(self._handlers)
+        if server is not None:
+            await server.wait_closed()
 
     def set(self, fault: Fault) -> None:
+        """Change the mode. After `refuse`, use `apply` to listen again."""
         self.fault = fault
         if fault.mode == "close":
             self._close_all()
+        elif fault.mode == "refuse":
+            self._refuse()
+
+    async def apply(self, fault: Fault) -> None:
+        """`set`, and listen again on the same port when leaving `refuse`."""
+        self.set(fault)
+        if fault.mode != "refuse" and self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    def _refuse(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._open):
+            writer.transport.abort()
 
     def _close_all(self) -> None:
         for writer in list(self._open):
@@ -173,7 +192,7 @@ class FaultProxy:
                     writer.write(f"connections={self.connections} resets={self.resets}\n".encode())
                 else:
                     try:
-                        self.set(Fault.parse(line))
+                        await self.apply(Fault.parse(line))
                         writer.write(b"ok\n")
                     except ValueError as error:
                         writer.write(f"error {error}\n".encode())
@@ -192,6 +211,10 @@ class ProxyProcess:
         self.control_port = free_port()
         self.seed = seed
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: float = 10.0) -> ProxyProcess:
         command = [sys.executable, "-m", "load_tests.faultproxy", "--target", f"{self.target[0]}:{self.target[1]}"]
@@ -238,7 +261,7 @@ async def _main(args: argparse.Namespace) -> None:
     host, _, port = args.target.rpartition(":")
     proxy = await FaultProxy((host, int(port)), port=args.port, seed=args.seed).start()
     if args.mode:
-        proxy.set(Fault.parse(args.mode))
+        await proxy.apply(Fault.parse(args.mode))
     control = await proxy.serve_control(args.control) if args.control else None
     try:
         await asyncio.Event().wait()

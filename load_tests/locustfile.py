@@ -1,4 +1,9 @@
-"""A realistic chat user for Locust: multi-turn conversations, and retried posts with an Idempotency-Key.
+"""Realistic chat users for Locust: `ChatUser` posts to /chat/ in multi-turn conversations (and
+retries some posts with an Idempotency-Key), `StreamingChatUser` reads /chat/stream.
+
+A streaming user's chats appear as two entries: `/chat/stream first delta` (the time until the
+first piece of the reply arrived: what the person waits for) and `/chat/stream` (the whole stream,
+until its `done` event).
 
 Headless, with a summary, exiting non-zero on any failure:
     uv run locust -f load_tests/locustfile.py --host http://localhost:8000 \
@@ -11,7 +16,9 @@ Distributed (one master, N workers):
 
 from __future__ import annotations
 
+import json
 import random
+import time
 import uuid
 
 from locust import HttpUser, between, task
@@ -105,3 +112,62 @@ class ChatUser(HttpUser):
                 response.failure("bad analytics view")
             else:
                 response.success()
+
+
+class StreamingChatUser(HttpUser):
+    """One person chatting through POST /chat/stream, watching the reply arrive."""
+
+    wait_time = between(0.2, 1.5)
+
+    def on_start(self) -> None:
+        self.user_id = f"locust-sse-{uuid.uuid4().hex[:12]}"
+        self.session_id = str(uuid.uuid4())
+
+    @task
+    def chat_streamed(self) -> None:
+        body = {"user_id": self.user_id, "text": random.choice(GREETINGS), "metadata": {"session_id": self.session_id}}
+        started = time.perf_counter()
+        with self.client.post("/chat/stream", json=body, stream=True, name="/chat/stream", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}: {response.text[:200]}")
+                return
+            first: float | None = None
+            pieces: list[str] = []
+            event = ""
+            for line in response.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    data = json.loads(line.removeprefix("data: "))
+                    if event == "delta":
+                        if first is None:
+                            first = time.perf_counter() - started
+                            self._first_delta(first)
+                        pieces.append(data["text"])
+                    elif event == "done":
+                        # Locust timed the headers (they leave with the first delta); this entry is the whole stream.
+                        response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+                        self._check_done(response, data, "".join(pieces))
+                        return
+                    else:
+                        response.failure(f"{event} event: {data}")
+                        return
+            response.failure("the stream ended without a done event")
+
+    def _first_delta(self, seconds: float) -> None:
+        self.environment.events.request.fire(
+            request_type="SSE",
+            name="/chat/stream first delta",
+            response_time=seconds * 1000,
+            response_length=0,
+            exception=None,
+            context={},
+        )
+
+    def _check_done(self, response: ResponseContextManager, data: dict[str, object], streamed: str) -> None:
+        if data.get("user_id") != self.user_id or data.get("reply") != streamed:
+            response.failure("done does not match the deltas or the user")
+        elif " message" not in streamed:
+            response.failure("reply lacks its count")
+        else:
+            response.success()

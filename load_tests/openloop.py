@@ -1,8 +1,12 @@
-"""An open-loop chat load: requests leave at a fixed rate whatever the answers, for a bounded time.
+"""An open-loop chat load in the caller's event loop: requests leave at a fixed rate whatever the answers.
 
 Closed-loop load slows down when the server does, and so hides an outage; open-loop load keeps
 arriving like real users, so the timeline of statuses shows exactly when chat refused and when it
 was back. Every reply is kept (time sent, status, user), for loss checks against analytics.
+
+It runs on `openloop_raw`'s connection pool (the one open-loop HTTP client of the project), in
+the caller's loop and stoppable at any time, for tests that drive load while they act on the
+services; `openloop_raw` run as a process is for load the size of the machine (`bench_overload`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,9 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-import httpx
-
-from servicekit.transport import AiohttpTransport
+from .openloop_raw import Pool, Record, chat_payloads
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,7 @@ class Sent:
     at: float  # time.monotonic() when it was sent
     done: float  # and when its answer (or error) came back
     user: str
-    status: int  # 0: no answer (connection error or timeout)
+    status: int  # 0: no answer (connection error, timeout, or no connection to spare)
     retry_after: str | None
 
 
@@ -35,6 +38,7 @@ class OpenLoop:
     users: int = 20
     prefix: str = "openloop"
     timeout: float = 10.0
+    max_connections: int = 1000
     replies: list[Sent] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -42,11 +46,14 @@ class OpenLoop:
         self._stopping.set()
 
     async def run(self, seconds: float) -> list[Sent]:
-        # aiohttp's pool, not httpx's: under a backlog httpx's pool rescans every waiting request
-        # on each change, and the generator itself became the bottleneck on a busy machine.
-        transport = AiohttpTransport(max_connections=200)
-        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, transport=transport) as client:
-            in_flight: set[asyncio.Task[None]] = set()
+        parts = urlsplit(self.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        users = [f"{self.prefix}-{n}" for n in range(self.users)]
+        payloads = chat_payloads(f"{host}:{port}", users, text="Hello!")
+        pool = Pool(host, port, self.max_connections)
+        answered = asyncio.Event()
+        sent = 0
+        try:
             started = time.monotonic()
             for n in range(int(seconds * self.rate)):
                 delay = started + n / self.rate - time.monotonic()
@@ -55,21 +62,24 @@ class OpenLoop:
                         await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
                     break
-                task = asyncio.create_task(self._one(client, f"{self.prefix}-{n % self.users}"))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            if in_flight:
-                await asyncio.wait(in_flight)
+                pool.submit(payloads[n % self.users], self._recorder(users[n % self.users], answered), self.timeout)
+                sent += 1
+            # Every request ends within its timeout (a timed-out one is recorded as 0).
+            async with asyncio.timeout(self.timeout + 1):
+                while len(self.replies) < sent:
+                    answered.clear()
+                    await answered.wait()
+        finally:
+            pool.close()
         return self.replies
 
-    async def _one(self, client: httpx.AsyncClient, user: str) -> None:
-        sent = time.monotonic()
-        try:
-            response = await client.post("/chat/", json={"user_id": user, "text": "Hello!"})
-        except httpx.HTTPError:
-            self.replies.append(Sent(sent, time.monotonic(), user, 0, None))
-            return
-        self.replies.append(Sent(sent, time.monotonic(), user, response.status_code, response.headers.get("Retry-After")))
+    def _recorder(self, user: str, answered: asyncio.Event) -> Record:
+        def record(sent_at: float, latency: float, status: int, retry_after: bytes | None) -> None:
+            hint = None if retry_after is None else retry_after.decode()
+            self.replies.append(Sent(sent_at, sent_at + latency, user, max(status, 0), hint))
+            answered.set()
+
+        return record
 
 
 def ok_by_user(replies: list[Sent]) -> dict[str, int]:

@@ -29,13 +29,13 @@ import uvloop
 from servicekit.connections import raise_open_files_limit
 
 TIMEOUT, CONNECTION_ERROR, NOT_SENT = 0, -1, -2
-Record = Callable[[float, float, int], None]
+Record = Callable[[float, float, int, bytes | None], None]  # sent_at, latency, status, Retry-After
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time."""
 
-    def __init__(self, pool: _Pool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -58,23 +58,26 @@ class _Connection(asyncio.Protocol):
         if head_end < 0 or self.pending is None:
             return
         length = 0
+        retry_after = None
         for line in bytes(self.buffer[:head_end]).split(b"\r\n")[1:]:
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
+            elif line[:12].lower() == b"retry-after:":
+                retry_after = line[12:].strip()
         if len(self.buffer) < head_end + 4 + length:
             return
         status = int(self.buffer[9:12])
         del self.buffer[: head_end + 4 + length]
-        self._finish(status)
+        self._finish(status, retry_after)
         self.pool.idle.append(self)
 
-    def _finish(self, status: int) -> None:
+    def _finish(self, status: int, retry_after: bytes | None = None) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         record, self.pending = self.pending, None
         if record is not None:
-            record(self.sent_at, time.monotonic() - self.sent_at, status)
+            record(self.sent_at, time.monotonic() - self.sent_at, status, retry_after)
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -89,7 +92,9 @@ class _Connection(asyncio.Protocol):
         self._finish(CONNECTION_ERROR)
 
 
-class _Pool:
+class Pool:
+    """Keep-alive connections to one server, one request at a time each; `submit` never waits."""
+
     def __init__(self, host: str, port: int, max_connections: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.host, self.port, self.max_connections = host, port, max_connections
@@ -101,7 +106,7 @@ class _Pool:
         if self.idle:
             self.idle.pop().send(payload, sent_at, record, timeout)
         elif self.open >= self.max_connections:
-            record(sent_at, 0.0, NOT_SENT)
+            record(sent_at, 0.0, NOT_SENT, None)
         else:
             self.open += 1
             self.loop.create_task(self._connect_and_send(payload, sent_at, record, timeout))
@@ -113,7 +118,7 @@ class _Pool:
             )
         except (OSError, TimeoutError):
             self.open -= 1
-            record(sent_at, time.monotonic() - sent_at, CONNECTION_ERROR)
+            record(sent_at, time.monotonic() - sent_at, CONNECTION_ERROR, None)
             return
         connection.send(payload, sent_at, record, max(0.001, limit - (time.monotonic() - sent_at)))
 
@@ -123,10 +128,11 @@ class _Pool:
                 connection.transport.close()
 
 
-def _payloads(host: str, users: int, prefix: str) -> list[bytes]:
+def chat_payloads(host: str, users: list[str], text: str = "Hello there!") -> list[bytes]:
+    """One ready-to-send `POST /chat/` per user."""
     out = []
-    for n in range(users):
-        body = json.dumps({"user_id": f"{prefix}{n}", "text": "Hello there!"}).encode()
+    for user in users:
+        body = json.dumps({"user_id": user, "text": text}).encode()
         head = f"POST /chat/ HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         out.append(head.encode() + body)
     return out
@@ -136,7 +142,7 @@ Sample = tuple[float, float, int]
 
 
 async def open_loop(
-    pool: _Pool, payloads: list[bytes], results: list[Sample], *, rate: float, seconds: float, client_timeout: float
+    pool: Pool, payloads: list[bytes], results: list[Sample], *, rate: float, seconds: float, client_timeout: float
 ) -> int:
     """Send `rate` requests a second for `seconds`; [sent_at, latency, status] arrive in `results`.
 
@@ -145,7 +151,7 @@ async def open_loop(
     start = time.monotonic()
     sent = 0
 
-    def record(sent_at: float, latency: float, status: int) -> None:
+    def record(sent_at: float, latency: float, status: int, _: bytes | None) -> None:
         results.append((round(sent_at - start, 4), round(latency, 5), status))
 
     total = int(rate * seconds)
@@ -158,7 +164,7 @@ async def open_loop(
     return total
 
 
-async def closed_loop(pool: _Pool, payloads: list[bytes], *, connections: int, seconds: float) -> list[float]:
+async def closed_loop(pool: Pool, payloads: list[bytes], *, connections: int, seconds: float) -> list[float]:
     """`connections` requests always outstanding for `seconds`; returns the latencies of the 200s."""
     ok: list[float] = []
     stop_at = time.monotonic() + seconds
@@ -167,7 +173,7 @@ async def closed_loop(pool: _Pool, payloads: list[bytes], *, connections: int, s
         while time.monotonic() < stop_at:
             done = asyncio.get_running_loop().create_future()
 
-            def record(_: float, latency: float, status: int, done: asyncio.Future[int] = done) -> None:
+            def record(_: float, latency: float, status: int, __: bytes | None, done: asyncio.Future[int] = done) -> None:
                 if status == 200:
                     ok.append(latency)
                 if not done.done():
@@ -187,8 +193,8 @@ async def closed_loop(pool: _Pool, payloads: list[bytes], *, connections: int, s
 async def main(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    payloads = _payloads(f"{host}:{port}", args.users, args.user_prefix)
-    pool = _Pool(host, port, args.max_connections)
+    payloads = chat_payloads(f"{host}:{port}", [f"{args.user_prefix}{n}" for n in range(args.users)])
+    pool = Pool(host, port, args.max_connections)
     out: dict[str, object] = {}
     if not args.rate:
         out["closed_ok"] = await closed_loop(pool, payloads, connections=args.connections, seconds=args.seconds)
@@ -197,7 +203,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     results: list[Sample] = []
     total = await open_loop(pool, payloads, results, rate=args.rate, seconds=args.seconds, client_timeout=args.timeout)
     out["stopped_at"] = time.time()  # wall clock, for the caller to compare with its own readings
-    after_pool = _Pool(host, port, args.connections)
+    after_pool = Pool(host, port, args.connections)
     # The recovery is measured from the moment the load stops, while stragglers are still out.
     after = asyncio.ensure_future(closed_loop(after_pool, payloads, connections=args.connections, seconds=args.after))
     deadline = time.monotonic() + args.timeout + 1

@@ -33,6 +33,11 @@ SERVER_FLAGS = (
     "--timeout-keep-alive",
     "5",
 )
+# The images' event loop (the Dockerfiles and manifests add it; uvicorn's default picks uvloop too
+# when it is installed). Benchmarks say it outright.
+LOOP_FLAGS = ("--loop", "uvloop")
+SERVICE_APPS = frozenset({"chat_service.main:app", "analytics_service.main:app"})
+_SERVER_OPTIONS = frozenset(flag for flag in SERVER_FLAGS if flag.startswith("--"))
 
 
 def free_port() -> int:
@@ -55,6 +60,10 @@ class ServiceProcess:
         extra_args: tuple[str, ...] = (),
         open_files: tuple[int, int] | None = None,
     ) -> None:
+        overridden = _SERVER_OPTIONS & set(extra_args)
+        if app in SERVICE_APPS and overridden:
+            # uvicorn takes the last value: a benchmark would measure a server we do not ship.
+            raise ValueError(f"{app} runs with SERVER_FLAGS as shipped; do not override {sorted(overridden)}")
         self.app = app
         self.port = port or free_port()
         self.env = dict(env or {})

@@ -9,7 +9,7 @@ from ._breaker import BreakerMode, CircuitBreaker, SlidingWindow
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._classify import TRANSIENT_STATUSES, Classifier, Failure, classify_httpx, parse_retry_after
-from ._clock import Clock, SystemClock, Timer
+from ._clock import Clock, SystemClock, Timer, TimerClock
 from ._errors import ConfigurationError, FallbackError, InvalidResponseError, ResilienceError
 from ._events import Event, EventName, Hook, log_event
 from ._http import IDEMPOTENCY_HEADER, is_idempotent, send
@@ -44,6 +44,7 @@ __all__ = [
     "SlidingWindow",
     "SystemClock",
     "Timer",
+    "TimerClock",
     "Timeouts",
     "classify_httpx",
     "is_idempotent",

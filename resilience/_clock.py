@@ -15,7 +15,15 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
-class Clock(Protocol):
+class TimerClock(Protocol):
+    """A reading and a timer: all that a component which never sleeps needs of time (admission control)."""
+
+    def monotonic(self) -> float: ...
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer: ...
+
+
+class Clock(TimerClock, Protocol):
     """What the pipeline needs of time: a reading, a sleep, a timeout and a timer.
 
     `timeout(seconds)` is an async context manager that cancels its body once `seconds` have
@@ -25,13 +33,9 @@ class Clock(Protocol):
     so a fake clock drives all of them.
     """
 
-    def monotonic(self) -> float: ...
-
     async def sleep(self, seconds: float) -> None: ...
 
     def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]: ...
-
-    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer: ...
 
 
 class SystemClock:

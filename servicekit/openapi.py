@@ -94,18 +94,54 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-def event_stream(description: str, events: Mapping[str, str]) -> dict[int | str, dict[str, Any]]:
+def event_stream(
+    description: str, events: Mapping[str, str], data: Mapping[str, Schema] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """A 200 documented as `text/event-stream`, listing each event type (`event:` name -> meaning).
 
+    With `data` (event name -> JSON schema of its `data:` line, parsed as JSON), the schema
+    describes each event as OpenAPI < 3.2 reads an event stream's schema, one event at a time:
+    `{"event": name, "data": "<JSON>"}`, the JSON checked with contentMediaType/contentSchema.
     Pair it with `response_class=EventStreamResponse` (or sse-starlette's `EventSourceResponse`).
     """
     listed = "\n".join(f"- `{name}`: {meaning}" for name, meaning in events.items())
+    schema: Schema = {"type": "string", "x-event-types": list(events)}
+    if data is not None:
+        schema = {
+            "type": "object",
+            "required": ["event", "data"],
+            "oneOf": [
+                {
+                    "properties": {
+                        "event": {"const": name},
+                        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data[name]},
+                    }
+                }
+                for name in events
+            ],
+            "x-event-types": list(events),
+        }
     return {
         200: {
             "description": f"{description}\n\nEvents:\n{listed}",
-            "content": {"text/event-stream": {"schema": {"type": "string", "x-event-types": list(events)}}},
+            "content": {"text/event-stream": {"schema": schema}},
         }
     }
+
+
+def as_json(documented: Mapping[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """`responses(...)` for a route whose own answer is not JSON (an event stream): errors stay JSON.
+
+    FastAPI documents a `model` under the route's media type; this names the media type instead.
+    """
+    pinned: dict[int | str, dict[str, Any]] = {}
+    for status, entry in documented.items():
+        entry = dict(entry)
+        model = entry.pop("model", None)
+        if model is not None:
+            entry["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+        pinned[status] = entry
+    return pinned
 
 
 # Replaying a request with the same key returns the first answer instead of doing the work twice.

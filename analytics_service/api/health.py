@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -10,7 +12,7 @@ from servicekit.metrics import exposition
 from servicekit.openapi import responses
 
 from ..models import Health, Readiness, Welcome
-from .deps import MetricsDep, StoreDep
+from .deps import MetricsDep, SettingsDep, StoreDep
 
 router = APIRouter(tags=["health"])
 
@@ -33,12 +35,16 @@ async def healthz() -> dict[str, str]:
     summary="Readiness",
     responses=responses(503, models={503: Readiness}, descriptions={503: "The database does not answer"}),
 )
-async def readyz(store: StoreDep) -> JSONResponse:
+async def readyz(store: StoreDep, settings: SettingsDep) -> JSONResponse:
     """Readiness: the database answers a query."""
     try:
         await store.ping()
     except Exception as error:  # any database failure means "not ready", never a 500
-        return JSONResponse({"status": "unavailable", "database": type(error).__name__}, status_code=503)
+        # Ask again when the outage guard next probes the database, not in a tight loop.
+        retry_after = str(math.ceil(settings.database_retry_after))
+        return JSONResponse(
+            {"status": "unavailable", "database": type(error).__name__}, status_code=503, headers={"Retry-After": retry_after}
+        )
     return JSONResponse({"status": "ok", "database": "ok"})
 
 

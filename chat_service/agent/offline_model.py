@@ -9,9 +9,10 @@ the input it is given, so a session's memory can be checked without a model).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from agents import Model, ModelResponse, ModelSettings, ModelTracing, Tool, Usage
@@ -24,6 +25,7 @@ from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseTextDeltaEvent,
 )
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
@@ -31,6 +33,7 @@ from .wording import messages_phrase
 
 _COUNT = re.compile(r"has sent (\d+) messages?")
 _TIME_QUESTION = re.compile(r"\b(time|clock|o'clock)\b", re.IGNORECASE)
+WORDS_PER_DELTA = 3  # a streamed reply arrives a few words at a time, like a real model's tokens
 _ANALYTICS_QUESTION = re.compile(r"\b(analytics|stats|statistics|how many messages)\b", re.IGNORECASE)
 
 
@@ -133,6 +136,7 @@ class OfflineModel(Model):
         conversation_id: str | None = None,
         prompt: ResponsePromptParam | None = None,
     ) -> AsyncIterator[TResponseStreamEvent]:
+        """The same answer as `get_response`, as a real stream: the reply text a few words per delta."""
         response = await self.get_response(
             system_instructions,
             input,
@@ -142,9 +146,27 @@ class OfflineModel(Model):
             handoffs,
             tracing,
         )
+        output = response.output[0]
+        sequence = 0
+        if isinstance(output, ResponseOutputMessage):
+            text = "".join(part.text for part in output.content if isinstance(part, ResponseOutputText))
+            for delta in text_deltas(text):
+                yield ResponseTextDeltaEvent(
+                    type="response.output_text.delta",
+                    item_id=output.id,
+                    output_index=0,
+                    content_index=0,
+                    delta=delta,
+                    logprobs=[],
+                    sequence_number=sequence,
+                )
+                sequence += 1
+                # Let the consumer (the client's connection) run between deltas, as a real stream
+                # would: without this a whole reply would be queued before its first byte is sent.
+                await asyncio.sleep(0)
         yield ResponseCompletedEvent(
             type="response.completed",
-            sequence_number=0,
+            sequence_number=sequence,
             response=Response(
                 id=f"resp_{uuid.uuid4().hex}",
                 created_at=0,
@@ -155,5 +177,13 @@ class OfflineModel(Model):
                 tools=[],
                 parallel_tool_calls=False,
                 status="completed",
+                usage=None,
             ),
         )
+
+
+def text_deltas(text: str, words: int = WORDS_PER_DELTA) -> Iterator[str]:
+    """`text` in pieces of `words` words each (a piece keeps the space before its first word)."""
+    pieces = re.findall(r"\s*\S+", text)
+    for start in range(0, len(pieces), words):
+        yield "".join(pieces[start : start + words])

@@ -82,22 +82,31 @@ async def _run(
             async with asyncio.timeout(deadline):
                 given = [*history, said] if history else text
                 result = await Runner.run(agent, input=given, context=context, run_config=run_config, max_turns=max_turns)
-    except TimeoutError:
-        raise LLMFailure(504, "The model did not answer in time", "deadline") from None
-    except ModelCallError as error:
-        retry_after = str(error.retry_after) if error.retry_after is not None else None
-        raise LLMFailure(error.status, error.detail, error.kind, retry_after) from None
-    except AgentsException:
-        raise LLMFailure(502, "The model gave an answer we cannot use", "invalid") from None
-    except Exception:
-        # A bug, or an SDK failing in a way nobody classified. Keep the traceback in our log,
-        # not in the reply.
-        log.exception("llm_unexpected_error")
-        raise LLMFailure(502, "The model gave an answer we cannot use", "invalid") from None
-    reply = result.final_output
-    if not isinstance(reply, str) or not reply.strip():
-        raise LLMFailure(502, "The model gave an empty answer", "empty")
+    except Exception as error:
+        raise as_llm_failure(error) from None
+    reply = checked_reply(result.final_output)
     if span is not None:
         record_usage(span, result.context_wrapper.usage)
     items = [said, *(item.to_input_item() for item in result.new_items)]
     return Reply(reply, offline=scope.answered_offline, items=items)
+
+
+def checked_reply(output: object) -> str:
+    """The run's final output, if it is a reply a client can use."""
+    if not isinstance(output, str) or not output.strip():
+        raise LLMFailure(502, "The model gave an empty answer", "empty")
+    return output
+
+
+def as_llm_failure(error: Exception) -> LLMFailure:
+    """What a failed run (plain or streamed) means for the client."""
+    if isinstance(error, TimeoutError):
+        return LLMFailure(504, "The model did not answer in time", "deadline")
+    if isinstance(error, ModelCallError):
+        retry_after = str(error.retry_after) if error.retry_after is not None else None
+        return LLMFailure(error.status, error.detail, error.kind, retry_after)
+    if not isinstance(error, AgentsException):
+        # A bug, or an SDK failing in a way nobody classified. Keep the traceback in our log,
+        # not in the reply.
+        log.error("llm_unexpected_error", exc_info=error)
+    return LLMFailure(502, "The model gave an answer we cannot use", "invalid")

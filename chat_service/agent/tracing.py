@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from agents import Usage
-from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, use_span
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,6 +47,13 @@ class RunTracing:
 @contextmanager
 def agent_run_span(tracer: Tracer, agent_name: str, model: str, text: str, *, content: bool) -> Iterator[Span]:
     """The span of one agent run; `record_usage` adds the tokens it used when it ends well."""
+    span = start_agent_run_span(tracer, agent_name, model, text, content=content)
+    with use_span(span, end_on_exit=True):
+        yield span
+
+
+def start_agent_run_span(tracer: Tracer, agent_name: str, model: str, text: str, *, content: bool) -> Span:
+    """The same span, started but not made current, for a run that outlives one block (a stream)."""
     attributes: dict[str, str] = {
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": agent_name,
@@ -55,8 +62,7 @@ def agent_run_span(tracer: Tracer, agent_name: str, model: str, text: str, *, co
     }
     if content:
         attributes["gen_ai.input.messages"] = json.dumps([{"role": "user", "parts": [{"type": "text", "content": text}]}])
-    with tracer.start_as_current_span(f"invoke_agent {agent_name}", kind=SpanKind.INTERNAL, attributes=attributes) as span:
-        yield span
+    return tracer.start_span(f"invoke_agent {agent_name}", kind=SpanKind.INTERNAL, attributes=attributes)
 
 
 def record_usage(span: Span, usage: Usage) -> None:

@@ -19,6 +19,7 @@ from ..delivery import Deliverer
 from ..outbox import Outbox
 from ..rate_limit import RateLimiter
 from ..sessions import Conversations
+from .turns import ChatTurns
 
 
 class State(TypedDict):
@@ -76,6 +77,10 @@ async def get_conversations(request: Request) -> Conversations:
     return request.state.conversations  # type: ignore[no-any-return]
 
 
+async def get_turns(request: Request) -> ChatTurns:
+    return ChatTurns(request)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ChatMetrics, Depends(get_metrics)]
 AnalyticsDep = Annotated[AnalyticsClient, Depends(get_analytics)]
@@ -86,3 +91,4 @@ DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
 RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]
 AuthenticatorDep = Annotated[Authenticator | None, Depends(get_authenticator)]
 ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
+TurnsDep = Annotated[ChatTurns, Depends(get_turns)]  # the chat routes' steps, with what they use

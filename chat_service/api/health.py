@@ -44,7 +44,11 @@ async def readyz(outbox: OutboxDep, authenticator: AuthenticatorDep) -> JSONResp
     if not outbox.accepting:
         return JSONResponse({"status": "unavailable", "outbox": outbox.reason}, status_code=503, headers={"Retry-After": "1"})
     if authenticator is not None and not authenticator.ready:
-        return JSONResponse({"status": "unavailable", "auth": "no verification keys yet"}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "auth": "no verification keys yet"},
+            status_code=503,
+            headers={"Retry-After": str(authenticator.retry_after())},
+        )
     return JSONResponse({"status": "ok"})
 
 
@@ -96,7 +100,7 @@ async def dependencies(
 @router.get("/metrics", include_in_schema=False)
 async def metrics(registry: MetricsDep, outbox: OutboxDep, deliverer: DelivererDep) -> Response:
     """Prometheus metrics."""
-    stats = await outbox.stats()
+    stats = await outbox.stats(max_age=1.0)  # a count at most once a second, whoever scrapes
     registry.outbox_accepting.set(1 if outbox.accepting else 0)
     if stats.depth is not None and stats.dead_letters is not None:
         registry.outbox_depth.set(stats.depth)

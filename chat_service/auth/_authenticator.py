@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ class KeySource(Protocol):
 
     async def key_for(self, kid: str | None, alg: str) -> PyJWK: ...
 
+    def retry_after(self) -> float:
+        """Seconds until keys that are not loaded may be fetched again (at least 1)."""
+
 
 class SecretKey:
     """A shared HMAC secret as a key source: always loaded, the token's `kid` is not consulted."""
@@ -63,6 +67,9 @@ class SecretKey:
     @property
     def current(self) -> KeySet:
         return self._keys
+
+    def retry_after(self) -> float:
+        return 1.0  # always loaded: never asked while unready
 
     async def key_for(self, kid: str | None, alg: str) -> PyJWK:
         found = self._keys.find(None, alg)
@@ -131,6 +138,10 @@ class Authenticator:
     def ready(self) -> bool:
         """False while no verification key has been loaded (JWKS not fetched yet)."""
         return self.keys.loaded
+
+    def retry_after(self) -> int:
+        """Whole seconds a client should wait while not ready: until the next key fetch."""
+        return math.ceil(self.keys.retry_after())
 
     async def authenticate(self, authorization: str | None) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")

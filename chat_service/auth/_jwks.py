@@ -77,6 +77,10 @@ class JwksKeys:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def retry_after(self) -> float:
+        """Seconds until the next fetch may start (the refresher retries once per cooldown), at least 1."""
+        return max(1.0, self._last_attempt + self._cooldown - self._clock())
+
     async def key_for(self, kid: str | None, alg: str) -> PyJWK:
         """The key that verifies a token with this `kid` and `alg`; raises InvalidToken or KeysUnavailable."""
         keys = self._keys
@@ -93,7 +97,7 @@ class JwksKeys:
             if found is not None:
                 return found
         if keys is None:
-            raise KeysUnavailable(max(1.0, self._last_attempt + self._cooldown - self._clock()))
+            raise KeysUnavailable(self.retry_after())
         raise InvalidToken("unknown_key", "Unknown signing key")
 
     async def refresh(self) -> bool:

@@ -3,10 +3,10 @@
 `Limiter` decides (configured once from an `AdmissionPolicy`, shared by every request);
 `AdmissionMiddleware` applies it to the work routes and answers `503` + `Retry-After` to what
 it sheds; `commit_reply` marks where a route's reply becomes permanent. See `_gradient` for
-the algorithm and `testing.FakeClock` for deterministic tests.
+the algorithm and `testing.FakeClock` for deterministic tests. Time comes from a
+`resilience.TimerClock` (`resilience.SystemClock` by default): one clock protocol for the project.
 """
 
-from ._clock import Clock, LoopClock, Timer
 from ._limiter import Limiter, Permit, Shed, ShedReason
 from ._metrics import AdmissionMetrics
 from ._middleware import CLIENT_CLOSED_REQUEST, STATE_KEY, AdmissionMiddleware, ClientGone, commit_reply
@@ -19,12 +19,9 @@ __all__ = [
     "AdmissionMiddleware",
     "AdmissionPolicy",
     "ClientGone",
-    "Clock",
     "Limiter",
-    "LoopClock",
     "Permit",
     "Shed",
     "ShedReason",
-    "Timer",
     "commit_reply",
 ]

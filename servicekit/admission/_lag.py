@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ._clock import Clock, Timer
+from collections.abc import Callable
+
+from resilience import Timer, TimerClock
 
 INTERVAL = 0.025  # seconds between readings: 40 cheap callbacks a second
 
@@ -15,8 +17,9 @@ class LoopLag:
     A loop that runs its timers on time is not queueing, whatever the latency says.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: TimerClock) -> None:
         self._clock = clock
+        self.on_tick: Callable[[], None] | None = None  # called after each reading (metrics refresh)
         self._worst = 0.0
         self.last = 0.0  # the worst lateness of the previous window, for the metrics
         self._timer: Timer | None = None
@@ -32,12 +35,14 @@ class LoopLag:
             self._schedule()
 
     def _schedule(self) -> None:
-        self._due = self._clock.now() + INTERVAL
+        self._due = self._clock.monotonic() + INTERVAL
         self._timer = self._clock.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
-        self._worst = max(self._worst, self._clock.now() - self._due)
+        self._worst = max(self._worst, self._clock.monotonic() - self._due)
         self._schedule()
+        if self.on_tick is not None:
+            self.on_tick()
 
     def take(self) -> float:
         """The worst lateness since the last call, and start a new window."""

@@ -6,7 +6,8 @@ import asyncio
 from collections import deque
 from typing import Literal
 
-from ._clock import Clock, LoopClock, Timer
+from resilience import SystemClock, Timer, TimerClock
+
 from ._gradient import GradientLimit
 from ._lag import LoopLag
 from ._policy import AdmissionPolicy
@@ -59,11 +60,11 @@ class Limiter:
     without yielding.
     """
 
-    def __init__(self, policy: AdmissionPolicy | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, policy: AdmissionPolicy | None = None, *, clock: TimerClock | None = None) -> None:
         self.policy = policy or AdmissionPolicy()
-        self._clock = clock or LoopClock()
+        self._clock = clock or SystemClock()
         self.loop_lag = LoopLag(self._clock)
-        self._gradient = GradientLimit(self.policy, self._clock.now(), loop_lag=self.loop_lag.take)
+        self._gradient = GradientLimit(self.policy, self._clock.monotonic(), loop_lag=self.loop_lag.take)
         self._in_flight = 0
         self._waiters: deque[_Waiter] = deque()
         self._timer: Timer | None = None
@@ -95,7 +96,7 @@ class Limiter:
     def try_acquire(self) -> Permit | None:
         """A permit if a slot is free now and nobody is queued ahead, else None."""
         self.loop_lag.start()
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self._gradient.tick(now)
         if self._waiters or self._in_flight >= self._gradient.limit:
             return None
@@ -110,7 +111,7 @@ class Limiter:
         """A place in the queue, or `Shed("queue_full")` at once if the wait would pass the deadline."""
         if not self._worth_queueing():
             raise Shed("queue_full")
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), self._clock.now() + self.policy.queue_timeout)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), self._clock.monotonic() + self.policy.queue_timeout)
         self._waiters.append(waiter)
         if self._timer is None:
             self._arm_timer()
@@ -134,7 +135,7 @@ class Limiter:
         return expected_wait <= self.policy.queue_timeout / 2
 
     def _release(self, permit: Permit, completed: bool) -> None:
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self._in_flight -= 1
         if completed:
             latency = now - permit.started
@@ -155,11 +156,11 @@ class Limiter:
             self._waiters.popleft()
         self._timer = None
         if self._waiters:
-            delay = self._waiters[0].deadline - self._clock.now()
+            delay = self._waiters[0].deadline - self._clock.monotonic()
             self._timer = self._clock.call_later(delay, self._expire)
 
     def _expire(self) -> None:
-        now = self._clock.now()
+        now = self._clock.monotonic()
         while self._waiters and self._waiters[0].deadline <= now:
             waiter = self._waiters.popleft()
             if not waiter.future.done():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..metrics import gauge
+from ..metrics import gauge, multiprocess_dir
 from ._limiter import Limiter
 
 
@@ -12,8 +12,7 @@ class AdmissionMetrics:
     """Gauges read the limiter when scraped (`bind` it in the lifespan); counters come from `on_event`."""
 
     def __init__(self, registry: CollectorRegistry, *, prefix: str) -> None:
-        # Limits are per process: under --workers the sums and per-worker series say so. (The
-        # multiprocess collector cannot call functions: there these gauges show only one process.)
+        # Limits are per process: under --workers the sums and per-worker series say so.
         self.in_flight = gauge(f"{prefix}_admission_in_flight", "Admitted requests running", registry=registry, mode="livesum")
         self.limit = gauge(f"{prefix}_admission_limit", "Current adaptive concurrency limit", registry=registry, mode="liveall")
         self.queued = gauge(f"{prefix}_admission_queued", "Requests waiting for a slot", registry=registry, mode="livesum")
@@ -40,11 +39,24 @@ class AdmissionMetrics:
         )
 
     def bind(self, limiter: Limiter) -> None:
-        self.in_flight.set_function(lambda: limiter.in_flight)
-        self.limit.set_function(lambda: limiter.limit)
-        self.queued.set_function(lambda: limiter.queued)
-        self.min_latency.set_function(lambda: limiter.min_latency or 0.0)
-        self.loop_lag.set_function(lambda: limiter.loop_lag.last)
+        if multiprocess_dir() is None:  # one process: read the limiter when scraped, at no cost per request
+            self.in_flight.set_function(lambda: limiter.in_flight)
+            self.limit.set_function(lambda: limiter.limit)
+            self.queued.set_function(lambda: limiter.queued)
+            self.min_latency.set_function(lambda: limiter.min_latency or 0.0)
+            self.loop_lag.set_function(lambda: limiter.loop_lag.last)
+            return
+        # Under --workers the scrape reads the values each worker wrote to its files: write them
+        # on the loop-lag timer (40 times a second while requests come), and once now.
+        def write() -> None:
+            self.in_flight.set(limiter.in_flight)
+            self.limit.set(limiter.limit)
+            self.queued.set(limiter.queued)
+            self.min_latency.set(limiter.min_latency or 0.0)
+            self.loop_lag.set(limiter.loop_lag.last)
+
+        limiter.loop_lag.on_tick = write
+        write()
 
     def on_event(self, name: str) -> None:
         """An `AdmissionMiddleware` hook."""

@@ -16,7 +16,7 @@ class FakeTimer:
 
 
 class FakeClock:
-    """A `Clock` that moves only on `advance`, firing every timer that falls due, in order.
+    """A `resilience.TimerClock` that moves only on `advance`, firing every timer that falls due, in order.
 
     `late_by` makes every timer fire that much late, as on an event loop busy with other work.
     """
@@ -24,13 +24,13 @@ class FakeClock:
     def __init__(self, start: float = 1000.0) -> None:
         self.late_by = 0.0
         self._now = start
-        self._timers: list[tuple[float, int, FakeTimer, Callable[[], None]]] = []
+        self._timers: list[tuple[float, int, FakeTimer, Callable[[], object]]] = []
         self._order = itertools.count()
 
-    def now(self) -> float:
+    def monotonic(self) -> float:
         return self._now
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimer:
         timer = FakeTimer()
         heapq.heappush(self._timers, (self._now + max(delay, 0.0) + self.late_by, next(self._order), timer, callback))
         return timer

@@ -131,6 +131,7 @@ async def test_readiness_follows_the_database():
             response = await client.get("/readyz")
             assert response.status_code == 503
             assert response.json()["status"] == "unavailable"
+            assert response.headers["retry-after"] == "2", "the next probe of the database (ANALYTICS_DATABASE_RETRY_AFTER)"
             assert (await client.get("/healthz")).status_code == 200, "liveness never depends on the database"
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

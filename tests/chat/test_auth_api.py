@@ -99,7 +99,12 @@ async def test_docs_show_the_bearer_scheme_on_the_routes_that_need_it(chat):
         "description": "A JWT from the identity provider; its `sub` is the user id",
     }
     secured = {(path, method) for path, item in schema["paths"].items() for method, op in item.items() if "security" in op}
-    assert secured == {("/chat/", "post"), ("/users/{user_id}", "get"), ("/users/{user_id}/analytics", "get")}
+    assert secured == {
+        ("/chat/", "post"),
+        ("/chat/stream", "post"),
+        ("/users/{user_id}", "get"),
+        ("/users/{user_id}/analytics", "get"),
+    }
     assert {"401", "403"} <= set(schema["paths"]["/chat/"]["post"]["responses"])
 
 
@@ -134,6 +139,8 @@ async def test_jwks_down_at_start_up_starts_anyway_unready_and_answers_503(chat_
     async with chat_with(analytics_transport, auth_jwks_url=url, auth_audience=AUDIENCE, auth_jwks_cooldown_seconds=30) as chat:
         ready = await chat.get("/readyz")
         assert ready.status_code == 503 and ready.json()["auth"] == "no verification keys yet"
+        # Until the refresher's next fetch, one cooldown after the failed one at start-up.
+        assert 1 <= int(ready.headers["retry-after"]) <= 30
         response = await chat.post("/chat/", json={"user_id": "alice", "text": "hi"}, headers=bearer("a.b.c"))
         assert response.status_code == 401  # malformed: refused before any key is needed
         token = signed(claims("alice"), rsa_key("a"), "rsa-1", "RS256")

@@ -64,6 +64,28 @@ async def test_a_full_outbox_refuses_until_records_are_delivered(outbox):
     assert (await outbox.stats()).depth == 3
 
 
+async def test_scrapes_count_at_most_once_per_max_age_and_operators_get_exact_counts(path):
+    now = [100.0]
+    box = Outbox(path, max_rows=10, clock=lambda: now[0])
+    await box.open()
+    try:
+        await box.append(item(1))
+        assert (await box.stats(max_age=1.0)).depth == 1
+        await box.append(item(2))
+        await box.dead_letter((await box.next_batch(1))[0][0], 422)
+        cached = await box.stats(max_age=1.0)
+        assert (cached.depth, cached.dead_letters, cached.status) == (1, 0, "ok"), "within max_age: the last count"
+        exact = await box.stats()
+        assert (exact.depth, exact.dead_letters) == (1, 1), "without max_age: counted now"
+        await box.append(item(3))
+        now[0] += 0.5
+        assert (await box.stats(max_age=1.0)).depth == 1, "the exact call above counted again"
+        now[0] += 0.5
+        assert (await box.stats(max_age=1.0)).depth == 2, "max_age passed: counted again"
+    finally:
+        await box.close()
+
+
 async def test_appends_that_arrive_together_share_one_commit(path):
     box = Outbox(path, max_rows=1000)
     await box.open()

@@ -131,7 +131,8 @@ def test_jwks_keys_are_fetched_rotated_and_served_while_the_provider_is_down(tmp
     try:
         # 1. The provider is down when chat starts: chat starts anyway, unready, and asks to retry.
         chat.start()
-        assert httpx.get(chat.url + "/readyz").status_code == 503
+        unready = httpx.get(chat.url + "/readyz")
+        assert unready.status_code == 503 and int(unready.headers["retry-after"]) >= 1
         waiting = post_chat(chat.url, rsa_1)
         assert waiting.status_code == 503 and int(waiting.headers["retry-after"]) >= 1
 

@@ -16,10 +16,10 @@ import pytest
 from chat_service.analytics_client import RecordItem
 from chat_service.outbox import Outbox
 from chat_service.outbox import _store as store
+from load_tests.faultproxy import ProxyProcess
 from load_tests.openloop import OpenLoop, Sent, ok_by_user
 from load_tests.processes import ServiceProcess, analytics_env, chat_env
 from tests.fakes.disk import free_bytes, small_disk
-from tests.fakes.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,12 @@ MARGIN = 3.0  # noisy shared machines: the goal is reported, the assertion is ge
 
 
 @pytest.fixture(scope="module")
-def analytics(tmp_path_factory) -> Iterator[tuple[ServiceProcess, FaultProxy]]:
+def analytics(tmp_path_factory) -> Iterator[tuple[ServiceProcess, ProxyProcess]]:
     work = tmp_path_factory.mktemp("analytics")
     process = ServiceProcess(
         "analytics_service.main:app", log_path=work / "analytics.log", env=analytics_env(f"sqlite:///{work}/analytics.sqlite3")
     )
-    with process, FaultProxy(process.port) as proxy:
+    with process, ProxyProcess(("127.0.0.1", process.port)) as proxy:
         yield process, proxy
 
 
@@ -114,7 +114,7 @@ def answered_between(replies: list[Sent], start: float, end: float) -> set[int]:
 async def test_a_full_outbox_accepts_again_within_seconds_of_analytics_returning(tmp_path, disk, analytics):
     process, proxy = analytics
     prefix = uuid.uuid4().hex[:8]
-    proxy.down()
+    proxy.set("refuse")
     preloaded = preload(disk / "outbox.sqlite3", leave=LEAVE_FREE, prefix=prefix)
     chat = start_chat(tmp_path, disk, proxy.url)
     try:
@@ -122,7 +122,7 @@ async def test_a_full_outbox_accepts_again_within_seconds_of_analytics_returning
             load = OpenLoop(chat.url, rate=RATE, prefix=prefix)
             running = asyncio.create_task(load.run(seconds=60))
             refused_at = await fill_until_refused(client)
-            proxy.up()
+            proxy.set("pass")
             back = time.monotonic()
             ready_at = await wait_for(client, "/readyz", 200, timeout=RECOVERY_GOAL + MARGIN)
             await asyncio.sleep(2.0)
@@ -153,7 +153,7 @@ async def test_a_full_outbox_accepts_again_within_seconds_of_analytics_returning
 async def test_sigterm_on_a_full_disk_exits_cleanly_and_the_next_start_drains_it(tmp_path, disk, analytics):
     process, proxy = analytics
     prefix = uuid.uuid4().hex[:8]
-    proxy.down()
+    proxy.set("refuse")
     preloaded = preload(disk / "outbox.sqlite3", leave=LEAVE_FREE, prefix=prefix)
     chat = start_chat(tmp_path, disk, proxy.url)
     async with httpx.AsyncClient(base_url=chat.url, timeout=10) as client:
@@ -172,7 +172,7 @@ async def test_sigterm_on_a_full_disk_exits_cleanly_and_the_next_start_drains_it
             assert (await client.get("/readyz")).status_code == 503
             refused = await client.post("/chat/", json={"user_id": "probe", "text": "hi"})
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
-            proxy.up()
+            proxy.set("pass")
             await wait_for(client, "/readyz", 200, timeout=RECOVERY_GOAL + MARGIN)
             second_run = [await client.post("/chat/", json={"user_id": f"{prefix}-after", "text": "hi"}) for _ in range(5)]
             assert [r.status_code for r in second_run] == [200] * 5

@@ -50,7 +50,10 @@ def test_headless_run_passes_its_checks(make_stack, tmp_path):
     rows = stats(prefix)
     assert int(rows["Aggregated"]["Request Count"]) > 20
     assert int(rows["Aggregated"]["Failure Count"]) == 0
-    assert {"/chat/ greeting", "/users/[id]/analytics"} <= set(rows)
+    assert {"/chat/ greeting", "/users/[id]/analytics", "/chat/stream", "/chat/stream first delta"} <= set(rows)
+    first_delta, whole = rows["/chat/stream first delta"], rows["/chat/stream"]
+    assert int(first_delta["Request Count"]) == int(whole["Request Count"]) > 0
+    assert float(first_delta["Median Response Time"]) <= float(whole["Median Response Time"])
 
 
 def test_failures_make_the_exit_code_non_zero(make_stack, tmp_path):

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from chat_service.outbox import _store as store
+from load_tests.faultproxy import ProxyProcess
 from load_tests.processes import ServiceProcess, analytics_env, chat_env
-from tests.fakes.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,8 @@ def test_a_killed_worker_s_records_are_delivered_once_nothing_lost(tmp_path):
         log_path=tmp_path / "analytics.log",
         env=analytics_env(f"sqlite:///{tmp_path}/analytics.sqlite3"),
     )
-    with analytics, FaultProxy(analytics.port, port=None) as proxy:
-        proxy.down()
+    with analytics, ProxyProcess(("127.0.0.1", analytics.port)) as proxy:
+        proxy.set("refuse")
         chat = ServiceProcess(
             "chat_service.main:app",
             log_path=tmp_path / "chat.log",
@@ -53,7 +53,7 @@ def test_a_killed_worker_s_records_are_delivered_once_nothing_lost(tmp_path):
             pids = slot_pids((tmp_path / "chat.log").read_text())
             victim = pids[owners[0]]
             os.kill(victim, signal.SIGKILL)
-            proxy.up()
+            proxy.set("pass")
             deadline = time.monotonic() + 20
             while httpx.get(f"{analytics.url}/analytics/{user}", timeout=5).json().get("message_count") != sent:
                 assert time.monotonic() < deadline, "records of the killed worker were lost"

@@ -214,6 +214,8 @@ async def test_several_chat_workers_share_the_outbox_and_the_metrics_and_lose_no
                 if _pids_serving(log, "/metrics", scrapes) == workers:
                     break
             assert {line["pid"] for line in _access_lines(log, "/metrics")} == workers
+            limits = re.findall(r'^chat_admission_limit\{pid="(\d+)"\} (\S+)$', (await client.get("/metrics")).text, re.M)
+            assert {int(pid) for pid, _ in limits} == workers and all(float(v) > 0 for _, v in limits), limits
 
             # A worker killed outright leaves its gauge files behind; the next scrape forgets
             # them, while its counters still count.

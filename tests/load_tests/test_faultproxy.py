@@ -108,6 +108,22 @@ async def test_close_ends_connections_open_and_new(proxy):
         assert await _round_trip(proxy) == b""
 
 
+async def test_refuse_stops_listening_until_another_mode_listens_again_on_the_same_port(proxy):
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"x")
+    assert await reader.read(1) == b"x"
+    port = proxy.port
+    await proxy.apply(Fault("refuse"))
+    with contextlib.suppress(ConnectionResetError):
+        assert await reader.read(1) == b"", "the open connection is aborted"
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    await proxy.apply(Fault("pass"))
+    assert proxy.port == port
+    assert await _round_trip(proxy) == b"ping"
+
+
 def test_unknown_modes_are_refused():
     with pytest.raises(ValueError):
         Fault.parse("explode 1")
@@ -117,6 +133,9 @@ def test_the_proxy_process_is_driven_through_its_control_port():
     import socket
 
     with socket.create_server(("127.0.0.1", 0)) as server, ProxyProcess(server.getsockname()[:2]) as proxy:
+        proxy.set("refuse")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         proxy.set("reset", 0.5)
         with pytest.raises(ValueError):
             proxy.set("explode")

@@ -228,47 +228,47 @@ def test_a_limit_stuck_at_the_floor_measures_the_latency_without_load_again():
 
 def test_probes_recur_at_the_interval_with_jitter():
     clock = FakeClock()
-    gradient = GradientLimit(AdmissionPolicy(probe_interval=60, probe_jitter=0.15, probe_samples=1), clock.now())
+    gradient = GradientLimit(AdmissionPolicy(probe_interval=60, probe_jitter=0.15, probe_samples=1), clock.monotonic())
     clock.advance(1.0)
-    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())  # an update at the limit; no lag source: late
-    gradient.tick(clock.now())
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.monotonic())  # an update at the limit; no lag source: late
+    gradient.tick(clock.monotonic())
     clock.advance(0.01)
-    gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
+    gradient.observe(0.01, 1, uncrowded=True, now=clock.monotonic())
     assert not gradient.probing
     clock.advance(60 * 0.85 - 0.01)
-    gradient.tick(clock.now())
+    gradient.tick(clock.monotonic())
     assert not gradient.probing
     clock.advance(60 * 0.3)
-    gradient.tick(clock.now())
+    gradient.tick(clock.monotonic())
     assert gradient.probing
 
 
 def test_crowded_requests_do_not_count_as_latency_without_load():
     clock = FakeClock()
-    gradient = GradientLimit(AdmissionPolicy(probe_samples=2, probe_max_seconds=5), clock.now())
+    gradient = GradientLimit(AdmissionPolicy(probe_samples=2, probe_max_seconds=5), clock.monotonic())
     clock.advance(1.0)
-    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())
-    gradient.tick(clock.now())
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.monotonic())
+    gradient.tick(clock.monotonic())
     clock.advance(0.5)
-    gradient.observe(0.5, 10, uncrowded=False, now=clock.now())  # admitted crowded
-    gradient.observe(0.6, 3, uncrowded=True, now=clock.now())  # admitted alone, before the probe: others came after
+    gradient.observe(0.5, 10, uncrowded=False, now=clock.monotonic())  # admitted crowded
+    gradient.observe(0.6, 3, uncrowded=True, now=clock.monotonic())  # admitted alone, before the probe: others came after
     assert gradient.probing and gradient.min_latency is None
     clock.advance(0.01)
-    gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
-    gradient.observe(0.01, 1, uncrowded=True, now=clock.now())
+    gradient.observe(0.01, 1, uncrowded=True, now=clock.monotonic())
+    gradient.observe(0.01, 1, uncrowded=True, now=clock.monotonic())
     assert gradient.min_latency == pytest.approx(0.01)
 
 
 def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
     clock = FakeClock()
-    gradient = GradientLimit(AdmissionPolicy(probe_samples=20, probe_max_seconds=1.0), clock.now())
+    gradient = GradientLimit(AdmissionPolicy(probe_samples=20, probe_max_seconds=1.0), clock.monotonic())
     clock.advance(1.0)
-    gradient.observe(0.01, 100, uncrowded=False, now=clock.now())
-    gradient.tick(clock.now())
-    gradient.observe(0.3, 1, uncrowded=True, now=clock.now())
+    gradient.observe(0.01, 100, uncrowded=False, now=clock.monotonic())
+    gradient.tick(clock.monotonic())
+    gradient.observe(0.3, 1, uncrowded=True, now=clock.monotonic())
     assert gradient.probing
     clock.advance(1.0)
-    gradient.observe(0.4, 1, uncrowded=True, now=clock.now())
+    gradient.observe(0.4, 1, uncrowded=True, now=clock.monotonic())
     assert not gradient.probing and gradient.min_latency == pytest.approx(0.4)
 
 

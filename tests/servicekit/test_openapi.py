@@ -11,6 +11,7 @@ from servicekit.errors import install_error_handlers
 from servicekit.openapi import (
     EventStreamResponse,
     IdempotencyKey,
+    as_json,
     bearer_auth,
     edit_openapi,
     event_stream,
@@ -78,3 +79,19 @@ def test_an_event_stream_streams_as_documented():
     with TestClient(build()).stream("GET", "/things/stream") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         assert [line for line in response.iter_lines() if line.startswith("event:")] == ["event: thing", "event: done"]
+
+
+def test_an_event_stream_can_document_each_event_s_json_data():
+    events = {"thing": "one thing", "done": "the end"}
+    [ok] = event_stream("Things", events, data={"thing": {"type": "object"}, "done": {"type": "null"}}).values()
+    schema = ok["content"]["text/event-stream"]["schema"]
+    assert schema["x-event-types"] == ["thing", "done"] and schema["required"] == ["event", "data"]
+    assert [branch["properties"]["event"] for branch in schema["oneOf"]] == [{"const": "thing"}, {"const": "done"}]
+    assert schema["oneOf"][1]["properties"]["data"]["contentSchema"] == {"type": "null"}
+
+
+def test_errors_of_an_event_stream_route_stay_json():
+    documented = as_json(responses(400, 422))
+    assert documented[400]["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    assert documented[422]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrorBody")
+    assert "model" not in documented[400] and documented[400]["description"] == "Bad request"
