@@ -26,7 +26,7 @@ from servicekit.transport import AiohttpTransport
 from .agent.agent import PersonalizedAgents, build_agent
 from .agent.llm import build_llm, log_model_event
 from .analytics_client import AnalyticsClient
-from .api import chat, health, users
+from .api import chat, conversations, health, users
 from .api.auth import without_bearer_scheme
 from .api.deps import State
 from .auth import open_authenticator
@@ -35,6 +35,8 @@ from .core.metrics import ChatMetrics
 from .delivery import Deliverer
 from .outbox import Outbox
 from .rate_limit import build_rate_limiter
+from .sessions import open_conversations
+from .sessions._open import default_url
 
 # The work routes: what costs model time and records a message. Everything else is never shed.
 ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat"), ("POST", "/chat/stream"))
@@ -42,6 +44,7 @@ ADMITTED_ROUTES = (("POST", "/chat/"), ("POST", "/chat"), ("POST", "/chat/stream
 TAGS = [
     {"name": "chat", "description": "Talk to the agent"},
     {"name": "users", "description": "The tutorial's user echo, and a user's message count as chat sees it"},
+    {"name": "sessions", "description": "Read or forget a conversation"},
     {"name": "health", "description": "Welcome, liveness, readiness and dependency states"},
 ]
 
@@ -111,6 +114,18 @@ def create_app(
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
             authenticator = await open_authenticator(settings, resources, on_fetch=metrics.on_jwks_fetch)
+            conversations = await open_conversations(
+                resources,
+                url=settings.sessions_url or default_url(settings.outbox_path),
+                max_items=settings.session_max_items,
+                ttl=settings.session_ttl,
+                call_timeout=settings.session_timeout,
+                lock_wait=settings.session_lock_wait,
+                run_deadline=settings.run_deadline,
+                idempotency_ttl=settings.idempotency_ttl,
+                on_failure=metrics.on_session_failure,
+                hooks=hooks,
+            )
             agents = PersonalizedAgents(build_agent(llm.model, tracer=tracer))
             freeze_startup_objects()
             log.info(
@@ -134,6 +149,7 @@ def create_app(
                 "admission": admission,
                 "connection_events": connection_events,
                 "authenticator": authenticator,
+                "conversations": conversations,
             }
             # In-flight requests are done by now (uvicorn drains them before the lifespan ends).
             # The clients and the outbox are still open here; the stack closes them afterwards.
@@ -162,8 +178,8 @@ def create_app(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_credentials="*" not in settings.cors_origins,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
@@ -176,6 +192,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(users.router)
     app.include_router(chat.router)
+    app.include_router(conversations.router)
     if tracing is not None:
         tracing.instrument_app(app)
     return app

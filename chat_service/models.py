@@ -96,6 +96,22 @@ Message = ChatMessage
 Response = ChatReply
 
 
+class SessionTurn(BaseModel):
+    """One completed exchange of a conversation."""
+
+    at: str = Field(description="When the turn was stored (ISO 8601, UTC)")
+    text: str = Field(description="What the user said")
+    reply: str = Field(description="The agent's answer")
+
+
+class SessionHistory(BaseModel):
+    """A user's conversation, oldest turn first (at most CHAT_SESSION_MAX_ITEMS items are kept)."""
+
+    user_id: str
+    session_id: str
+    turns: list[SessionTurn]
+
+
 class UserInfo(BaseModel):
     """The tutorial's user echo."""
 

@@ -1,4 +1,5 @@
-"""Realistic chat users for Locust: `ChatUser` posts to /chat/, `StreamingChatUser` reads /chat/stream.
+"""Realistic chat users for Locust: `ChatUser` posts to /chat/ in multi-turn conversations (and
+retries some posts with an Idempotency-Key), `StreamingChatUser` reads /chat/stream.
 
 A streaming user's chats appear as two entries: `/chat/stream first delta` (the time until the
 first piece of the reply arrived: what the person waits for) and `/chat/stream` (the whole stream,
@@ -25,21 +26,34 @@ from locust.clients import ResponseContextManager
 
 GREETINGS = ("Hello, how are you?", "Hi there!", "Good morning", "Hey, what's new?", "Tell me something nice")
 TIME_QUESTIONS = ("What time is it?", "Do you know the time?", "what's the time in UTC")
+TURNS_PER_CONVERSATION = 8  # then the user starts a new conversation
 
 
 class ChatUser(HttpUser):
-    """One person chatting: mostly greetings, some time questions, some look-ups of their stats."""
+    """One person chatting in conversations of a few turns: greetings, time questions, retried posts, stats look-ups."""
 
     wait_time = between(0.2, 1.5)
 
     def on_start(self) -> None:
         self.user_id = f"locust-{uuid.uuid4().hex[:12]}"
+        self._new_conversation()
+
+    def _new_conversation(self) -> None:
         self.session_id = str(uuid.uuid4())
+        self.turns = 0
 
     def _chat(self, text: str, *, expect: str | None = None, name: str) -> None:
+        if self.turns >= TURNS_PER_CONVERSATION:
+            self._new_conversation()
         body = {"user_id": self.user_id, "text": text, "metadata": {"session_id": self.session_id}}
         with self.client.post("/chat/", json=body, name=name, catch_response=True) as response:
             self._check_reply(response, expect)
+
+    def _remembers(self, reply: str) -> bool:
+        # The offline model says which message of the conversation it answers; a real model does not.
+        if "of this conversation" not in reply:
+            return True
+        return f"message {self.turns} of this conversation" in reply
 
     def _check_reply(self, response: ResponseContextManager, expect: str | None) -> None:
         if response.status_code != 200:
@@ -59,7 +73,11 @@ class ChatUser(HttpUser):
         elif expect and expect not in data["reply"]:
             response.failure(f"reply lacks {expect!r}")
         else:
-            response.success()
+            self.turns += 1
+            if self._remembers(data["reply"]):
+                response.success()
+            else:
+                response.failure(f"the conversation was forgotten: turn {self.turns}, reply {data['reply'][:120]!r}")
 
     @task(6)
     def greet(self) -> None:
@@ -68,6 +86,22 @@ class ChatUser(HttpUser):
     @task(2)
     def ask_time(self) -> None:
         self._chat(random.choice(TIME_QUESTIONS), name="/chat/ time")
+
+    @task(1)
+    def retried_post(self) -> None:
+        """A post whose answer was lost on the way: the retry with the same key gets the same reply."""
+        if self.turns >= TURNS_PER_CONVERSATION:
+            self._new_conversation()
+        body = {"user_id": self.user_id, "text": random.choice(GREETINGS), "metadata": {"session_id": self.session_id}}
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first = self.client.post("/chat/", json=body, headers=key, name="/chat/ keyed")
+        if first.status_code == 200:
+            self.turns += 1
+        with self.client.post("/chat/", json=body, headers=key, name="/chat/ keyed retry", catch_response=True) as retry:
+            if first.status_code == 200 and (retry.status_code != 200 or retry.json() != first.json()):
+                retry.failure(f"the retry did not replay the first reply (status {retry.status_code})")
+            else:
+                retry.success()
 
     @task(2)
     def look_up_analytics(self) -> None:

@@ -2,7 +2,9 @@
 
 It reads the count from the instructions it is given (so personalization is real, not faked),
 calls `get_current_time` when asked for the time and `get_user_analytics` when asked about
-the user's messages, and always states the count ("1 message", "N messages").
+the user's messages, and always states the count ("1 message", "N messages") and which message
+of the conversation this is ("message N of this conversation", N counted from the user items of
+the input it is given, so a session's memory can be checked without a model).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def reply_for(instructions: str | None, items: list[Any], tool_names: set[str]) 
         return _tool_call("get_current_time")
     if _ANALYTICS_QUESTION.search(text) and "get_user_analytics" in tool_names and "get_user_analytics" not in outputs:
         return _tool_call("get_user_analytics")
-    parts = [f"Hello! You have sent {messages_phrase(count)} so far."]
+    said = sum(1 for item in items if _field(item, "role") == "user")
+    parts = [f"Hello! You have sent {messages_phrase(count)} so far. This is message {said} of this conversation."]
     if "get_current_time" in outputs:
         parts.append(f"The current time is {outputs['get_current_time']}.")
     if "get_user_analytics" in outputs:

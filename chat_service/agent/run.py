@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from agents import Agent, AgentsException, RunConfig, Runner
+from agents.items import TResponseInputItem
 from opentelemetry.trace import Span
 
 from servicekit.logging import get_logger
@@ -35,6 +37,7 @@ class Reply:
 
     text: str
     offline: bool = False
+    items: list[TResponseInputItem] = field(default_factory=list)  # the turn: the user's item, then the run's
 
 
 async def run_agent(
@@ -46,12 +49,16 @@ async def run_agent(
     deadline: float,
     max_turns: int,
     tracing: RunTracing | None = None,
+    history: Sequence[TResponseInputItem] = (),
 ) -> Reply:
-    """Run `agent` on `text`; with `tracing`, the run is an `invoke_agent` span (see `.tracing`)."""
+    """Run `agent` on `text` after the conversation's `history`; with `tracing`, the run is an
+    `invoke_agent` span (see `.tracing`)."""
     if tracing is None:
-        return await _run(agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns)
+        return await _run(agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns, history=history)
     with agent_run_span(tracing.tracer, agent.name, tracing.model, text, content=tracing.content) as span:
-        reply = await _run(agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns, span=span)
+        reply = await _run(
+            agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns, span=span, history=history
+        )
         span.set_attribute("chat.llm.offline_fallback", reply.offline)
         if tracing.content:
             record_reply(span, reply.text)
@@ -67,17 +74,21 @@ async def _run(
     deadline: float,
     max_turns: int,
     span: Span | None = None,
+    history: Sequence[TResponseInputItem] = (),
 ) -> Reply:
+    said: TResponseInputItem = {"role": "user", "content": text}
     try:
         with model_run_scope(deadline) as scope:
             async with asyncio.timeout(deadline):
-                result = await Runner.run(agent, input=text, context=context, run_config=run_config, max_turns=max_turns)
+                given = [*history, said] if history else text
+                result = await Runner.run(agent, input=given, context=context, run_config=run_config, max_turns=max_turns)
     except Exception as error:
         raise as_llm_failure(error) from None
     reply = checked_reply(result.final_output)
     if span is not None:
         record_usage(span, result.context_wrapper.usage)
-    return Reply(reply, offline=scope.answered_offline)
+    items = [said, *(item.to_input_item() for item in result.new_items)]
+    return Reply(reply, offline=scope.answered_offline, items=items)
 
 
 def checked_reply(output: object) -> str:

@@ -5,22 +5,26 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from servicekit.logging import get_logger
-from servicekit.openapi import EventStreamResponse, as_json, event_stream, responses
+from servicekit.openapi import EventStreamResponse, IdempotencyKey, as_json, event_stream, responses
 
 from ..agent.run import LLMFailure
 from ..models import ChatMessage, ChatReply
+from ..sessions import idempotency
 from .auth import AUTH_DESCRIPTIONS, CallerDep
-from .deps import TurnsDep
+from .deps import ConversationsDep, TurnsDep
 from .events import EVENT_DATA, EVENTS, stream_reply
 
 router = APIRouter(tags=["chat"])
 log = get_logger("chat")
 
 ERRORS = responses(
-    *(400, 401, 403, 413, 422, 429, 502, 503, 504),
+    *(400, 401, 403, 409, 413, 422, 429, 502, 503, 504),
     descriptions={
         **AUTH_DESCRIPTIONS,
         400: "The message text is blank",
+        409: "The conversation is answering another message (waited CHAT_SESSION_LOCK_WAIT), "
+        "or a request with this Idempotency-Key is still running",
+        422: "The body is invalid, or this Idempotency-Key was used with a different body",
         429: "Too many messages from this user (CHAT_RATE_LIMIT_PER_MINUTE); retry after Retry-After",
         502: "The model gave an answer we cannot use",
         503: "Chat is overloaded (admission control sheds the request before any work), or the model provider, "
@@ -37,11 +41,28 @@ STREAM_ERRORS = as_json(ERRORS)
 )
 # The same, without the slash (no redirect). `fallback` appears in a reply's metadata only when set.
 @router.post("/chat", response_model=ChatReply, response_model_exclude_none=True, include_in_schema=False)
-async def chat(request: Request, message: ChatMessage, caller: CallerDep, turns: TurnsDep) -> ChatReply:
-    """Answer a message, personalized with how many messages the user sent before it."""
+async def chat(
+    request: Request,
+    message: ChatMessage,
+    caller: CallerDep,
+    turns: TurnsDep,
+    conversations: ConversationsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ChatReply:
+    """Answer a message in its conversation, personalized with how many messages the user sent."""
     turn = await turns.begin(message, caller)
-    reply = await turns.run(turn)
-    return await turns.record(request, turn, reply)
+    user_id, session_id = message.user_id, message.metadata.session_id  # the token's subject when auth is on
+    # A retry of a keyed request answers the stored reply: no model run, no second record.
+    claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
+    if claim.replay is not None:
+        return ChatReply.model_validate_json(claim.replay)
+    # One run at a time per conversation; the turn is stored only if the reply completes.
+    async with claim, conversations.turn(user_id, session_id) as held:
+        reply = await turns.run(turn, history=held.history)
+        answer = await turns.record(request, turn, reply, record_id=claim.record_id)
+        await held.complete(reply.items)
+        await claim.finish(answer.model_dump_json(exclude_none=True))
+    return answer
 
 
 @router.post(

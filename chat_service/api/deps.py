@@ -18,6 +18,7 @@ from ..core.metrics import ChatMetrics
 from ..delivery import Deliverer
 from ..outbox import Outbox
 from ..rate_limit import RateLimiter
+from ..sessions import Conversations
 from .turns import ChatTurns
 
 
@@ -33,6 +34,7 @@ class State(TypedDict):
     admission: Limiter | None
     connection_events: ConnectionEvents
     authenticator: Authenticator | None
+    conversations: Conversations
 
 
 async def get_settings(request: Request) -> Settings:
@@ -71,6 +73,10 @@ async def get_authenticator(request: Request) -> Authenticator | None:
     return request.state.authenticator  # type: ignore[no-any-return]
 
 
+async def get_conversations(request: Request) -> Conversations:
+    return request.state.conversations  # type: ignore[no-any-return]
+
+
 async def get_turns(request: Request) -> ChatTurns:
     return ChatTurns(request)
 
@@ -84,4 +90,5 @@ OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 DelivererDep = Annotated[Deliverer, Depends(get_deliverer)]
 RateLimiterDep = Annotated[RateLimiter | None, Depends(get_rate_limiter)]
 AuthenticatorDep = Annotated[Authenticator | None, Depends(get_authenticator)]
+ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 TurnsDep = Annotated[ChatTurns, Depends(get_turns)]  # the chat routes' steps, with what they use

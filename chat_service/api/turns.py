@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 from agents import Agent
+from agents.items import TResponseInputItem
 from fastapi import HTTPException, Request
 
 from servicekit.admission import commit_reply
@@ -92,8 +94,9 @@ class ChatTurns:
             log.info("analytics_fallback", reason=count.fallback, message_count=0)
         return Turn(message, self.agents.for_count(count.value), ChatContext(message.user_id, self.analytics))
 
-    async def run(self, turn: Turn) -> Reply:
-        """The whole run, then its reply; a failure is an HTTPException with the status it deserves."""
+    async def run(self, turn: Turn, history: Sequence[TResponseInputItem] = ()) -> Reply:
+        """The whole run after the conversation's `history`, then its reply; a failure is an
+        HTTPException with the status it deserves."""
         started = time.perf_counter()
         try:
             return await run_agent(
@@ -104,6 +107,7 @@ class ChatTurns:
                 deadline=self.settings.run_deadline,
                 max_turns=self.settings.max_turns,
                 tracing=self.llm.tracing,
+                history=history,
             )
         except LLMFailure as failure:
             raise self.failed(failure) from None
@@ -134,15 +138,19 @@ class ChatTurns:
         headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
         return HTTPException(failure.status, failure.detail, headers=headers)
 
-    async def record(self, request: Request, turn: Turn, reply: Reply) -> ChatReply:
+    async def record(self, request: Request, turn: Turn, reply: Reply, record_id: str | None = None) -> ChatReply:
         """Make the reply permanent (the outbox has it) and build the answer.
+
+        `record_id` is the analytics record's id: one derived from an Idempotency-Key, so that a
+        retry that reaches another replica is counted once; a fresh one otherwise.
 
         Raises `ClientGone` (the client left: nothing recorded) or a 503 HTTPException.
         """
         message = turn.message
         commit_reply(request)  # from here the reply is recorded and sent, even if the client leaves
         try:
-            await self.outbox.append(RecordItem(message.user_id, uuid.uuid4().hex, message.metadata.timestamp.isoformat()))
+            record = RecordItem(message.user_id, record_id or uuid.uuid4().hex, message.metadata.timestamp.isoformat())
+            await self.outbox.append(record)
         except OutboxRefused as refused:
             raise self.outbox_refused(refused.reason) from None
         self.deliverer.notify()

@@ -243,6 +243,16 @@ class Settings(BaseSettings):
     redis_url: OptionalText = None
     rate_limit_prefix: str = Field("chat-rate", min_length=1, description="Prefix of the rate-limit keys in Redis")
 
+    # Conversations and idempotent chats (docs/conversations.md).
+    sessions_url: OptionalText = Field(
+        None, description="sqlite:///file, postgresql://..., redis://..., or off; default: a SQLite file next to the outbox"
+    )
+    session_max_items: int = Field(100, ge=2, description="Items kept per conversation (most recent); a turn is 2 or more")
+    session_ttl: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds a conversation is kept after its last turn")
+    session_timeout: float = Field(0.5, gt=0, description="Seconds per session store call")
+    session_lock_wait: float = Field(5.0, ge=0, description="Seconds a message waits for its conversation's run, then 409")
+    idempotency_ttl: float = Field(24 * 3600.0, gt=0, description="Seconds an Idempotency-Key's reply is kept")
+
     # End-user authentication: off unless a secret or a JWKS URL is set (docs/auth.md).
     auth_jwt_secret: OptionalSecret = Field(None, description="HS256 shared secret, at least 32 bytes")
     auth_jwks_url: OptionalText = Field(None, description="The identity provider's JWK set (https, or http on loopback)")

@@ -93,6 +93,15 @@ class ChatMetrics(HttpMetrics):
             "chat_auth_refusals_total", "Requests refused by end-user auth, by reason", ["reason"], registry=registry
         )
         self.jwks_fetches = Counter("chat_auth_jwks_fetches_total", "JWKS fetches by outcome", ["outcome"], registry=registry)
+        self.session_store_failures = Counter(
+            "chat_session_store_failures_total",
+            "Session store calls that failed (chats went on without history) by operation and reason",
+            ["operation", "reason"],
+            registry=registry,
+        )
+
+    def on_session_failure(self, operation: str, reason: str) -> None:
+        self.session_store_failures.labels(operation, reason).inc()
 
     def on_jwks_fetch(self, outcome: str) -> None:
         """A `JwksKeys` hook: ok, unreachable, status or invalid."""

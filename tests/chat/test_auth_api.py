@@ -104,6 +104,8 @@ async def test_docs_show_the_bearer_scheme_on_the_routes_that_need_it(chat):
         ("/chat/stream", "post"),
         ("/users/{user_id}", "get"),
         ("/users/{user_id}/analytics", "get"),
+        ("/sessions/{session_id}", "get"),
+        ("/sessions/{session_id}", "delete"),
     }
     assert {"401", "403"} <= set(schema["paths"]["/chat/"]["post"]["responses"])
 

@@ -47,7 +47,7 @@ async def test_a_new_user_starts_at_zero_and_then_has_1_message(chat):
     assert "0 messages" in reply
     await drained(chat)
     reply = (await chat.post("/chat/", json={"user_id": "newcomer", "text": "what are my stats?"})).json()["reply"]
-    assert reply == "Hello! You have sent 1 message so far. Analytics says: 1 message."
+    assert reply == "Hello! You have sent 1 message so far. This is message 1 of this conversation. Analytics says: 1 message."
 
 
 async def test_time_questions_use_the_tool(chat):

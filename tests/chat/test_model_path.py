@@ -200,7 +200,9 @@ async def test_the_offline_model_is_the_last_resort_and_says_so(chat_with, analy
         llm = (await chat.get("/health/dependencies")).json()["llm"]
         metrics = (await chat.get("/metrics")).text
     assert response.status_code == 200
-    assert response.json()["reply"] == "Hello! You have sent 5 messages so far. How can I help you today?"
+    assert response.json()["reply"] == (
+        "Hello! You have sent 5 messages so far. This is message 1 of this conversation. How can I help you today?"
+    )
     assert response.json()["metadata"]["fallback"] == "offline"
     assert llm["offline_fallback"] is True
     assert "chat_llm_offline_replies_total 1.0" in metrics
@@ -225,11 +227,11 @@ async def test_a_full_endpoint_without_a_fallback_answers_503_at_once(chat_with,
     primary, _ = models
     primary.switch(think=0.5)
     async with chat_with(analytics_transport, **model_settings(models, fallback=False, llm_max_concurrency=1)) as chat:
-        first = asyncio.create_task(chat.post("/chat/", json=MESSAGE))
+        first = asyncio.create_task(chat.post("/chat/", json=_in_session(MESSAGE, "first")))
         while primary.requests == 0:
             await asyncio.sleep(0.01)
         started = time.perf_counter()
-        refused = await chat.post("/chat/", json=MESSAGE)
+        refused = await chat.post("/chat/", json=_in_session(MESSAGE, "second"))  # another conversation: no session wait
         elapsed = time.perf_counter() - started
         assert (await first).status_code == 200
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
@@ -270,7 +272,8 @@ async def test_model_calls_in_flight_are_reported_by_every_worker(tmp_path, mode
     fresh = httpx.Limits(max_keepalive_connections=0)  # either worker may take each chat
     with chat:
         async with httpx.AsyncClient(base_url=chat.url, timeout=20, limits=fresh) as client:
-            chats = [asyncio.create_task(client.post("/chat/", json=MESSAGE)) for _ in range(6)]
+            # Six conversations: messages of one conversation would run one at a time.
+            chats = [asyncio.create_task(client.post("/chat/", json=_in_session(MESSAGE, f"s{i}"))) for i in range(6)]
             deadline = time.monotonic() + 10
             in_flight = 0.0
             while in_flight < 6:
@@ -279,6 +282,10 @@ async def test_model_calls_in_flight_are_reported_by_every_worker(tmp_path, mode
                 await asyncio.sleep(0.05)
             assert [reply.status_code for reply in await asyncio.gather(*chats)] == [200] * 6
             assert _sample(await client.get("/metrics"), 'chat_llm_in_flight{endpoint="primary"}') == 0
+
+
+def _in_session(message: dict, session_id: str) -> dict:
+    return {**message, "metadata": {**message["metadata"], "session_id": session_id}}
 
 
 def _sample(metrics: httpx.Response, series: str) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +18,13 @@ pytestmark = pytest.mark.integration
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "50")
 
 
-def schemathesis(url: str, workdir, *extra: str) -> None:
+CHAT_CONFIG = Path(__file__).with_name("schemathesis-chat.toml")
+
+
+def schemathesis(url: str, workdir, *extra: str, config: Path | None = None) -> None:
     command = [
-        *(sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json"),
+        *(sys.executable, "-m", "schemathesis.cli", *(("--config-file", str(config)) if config else ())),
+        *("run", f"{url}/openapi.json"),
         *("--checks", "all", "--mode", "all", "--max-examples", EXAMPLES),
         *("--request-timeout", "30", "--generation-database", "none", "--no-color", *extra),
     ]
@@ -31,7 +36,7 @@ def schemathesis(url: str, workdir, *extra: str) -> None:
 
 
 def test_chat(live, tmp_path):
-    schemathesis(live.chat.url, tmp_path)
+    schemathesis(live.chat.url, tmp_path, config=CHAT_CONFIG)
 
 
 def test_analytics(live, tmp_path):

@@ -76,7 +76,7 @@ def test_chat_keeps_the_tutorials_json_under_clean_names():
     chat = SCHEMAS["chat"]["paths"]["/chat/"]["post"]
     assert chat["operationId"] == "chat"
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ChatMessage"
-    assert sorted(chat["responses"]) == ["200", "400", "401", "403", "413", "422", "429", "502", "503", "504"]
+    assert sorted(chat["responses"]) == ["200", "400", "401", "403", "409", "413", "422", "429", "502", "503", "504"]
 
 
 def test_timestamps_are_documented_as_strings_only():

@@ -1,0 +1,87 @@
+"""What a session store does besides the SDK's `Session`: bound history, lease locks, idempotency records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agents.memory.session import Session
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A key's record: who holds it (`token`), the body it was used with, and the reply once there is one."""
+
+    token: str
+    fingerprint: str
+    reply: str | None = None
+
+    def dumps(self) -> str:
+        return json.dumps({"token": self.token, "fingerprint": self.fingerprint, "reply": self.reply})
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> IdempotencyRecord:
+        data = json.loads(raw)
+        return cls(str(data["token"]), str(data["fingerprint"]), data.get("reply"))
+
+
+class Backend(Protocol):
+    """One store: SQL (SQLite, PostgreSQL) or Redis. Every call may raise; the caller bounds and counts that."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Create what is missing (tables) and start background work (the TTL sweep)."""
+
+    async def close(self) -> None: ...
+
+    def session(self, key: str) -> Session:
+        """The Agents SDK session of one conversation."""
+
+    async def trim(self, key: str, keep: int) -> None:
+        """Drop all but the `keep` most recent items."""
+
+    async def open_turn(self, key: str, token: str, lease: float) -> list[Any] | None:
+        """Take the conversation's lease lock and read its history; None while another run holds it."""
+
+    async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        """Store the turn's `items` (if any), keep only the `trim_to` most recent, release the lock."""
+
+    async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
+        """Store `record` unless a live one exists: None when stored, else the live record."""
+
+    async def finish(self, key: str, token: str, reply: str, ttl: float) -> None:
+        """Attach the reply to the record `token` holds and keep it for `ttl` seconds."""
+
+    async def release(self, key: str, token: str) -> None:
+        """Forget the record `token` holds (its run failed)."""
+
+
+class LockingBackend(Protocol):
+    def session(self, key: str) -> Session: ...
+    async def try_lock(self, key: str, token: str, lease: float) -> bool: ...
+    async def unlock(self, key: str, token: str) -> None: ...
+    async def trim(self, key: str, keep: int) -> None: ...
+
+
+class ComposedTurns:
+    """`open_turn`/`close_turn` as separate store calls, for stores without a one-call version."""
+
+    async def open_turn(self: LockingBackend, key: str, token: str, lease: float) -> list[Any] | None:
+        if not await self.try_lock(key, token, lease):
+            return None
+        try:
+            return await self.session(key).get_items()
+        except BaseException:
+            await self.unlock(key, token)
+            raise
+
+    async def close_turn(self: LockingBackend, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        try:
+            if items:
+                await self.session(key).add_items(items)
+            if trim_to is not None:
+                await self.trim(key, trim_to)
+        finally:
+            await self.unlock(key, token)

@@ -1,0 +1,196 @@
+"""Conversations: one run at a time per (user, session), history in, the completed turn out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agents.items import TResponseInputItem
+from fastapi import HTTPException
+
+from servicekit.logging import get_logger
+
+from ._backend import Backend
+from ._guarded import Guarded, StoreUnavailable
+from ._keys import conversation_key
+
+log = get_logger("sessions")
+TURN_AT = "_turn_at"  # set on a turn's user item in the store; removed before the model sees it
+_POLL = 0.02
+
+
+class Busy(HTTPException):
+    """Another run of this conversation is still going (409)."""
+
+    def __init__(self) -> None:
+        super().__init__(409, "Another message of this conversation is still being answered; retry when it is done")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnView:
+    at: str
+    text: str
+    reply: str
+
+
+def _strip(item: Any) -> TResponseInputItem:
+    if isinstance(item, dict) and TURN_AT in item:
+        return {k: v for k, v in item.items() if k != TURN_AT}  # type: ignore[return-value]
+    return item  # type: ignore[no-any-return]
+
+
+def _from_turn_start(items: list[Any]) -> list[Any]:
+    # Trimming can cut a turn in half; a tool output without its call is refused by providers.
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("role") == "user":
+            return items[index:]
+    return []
+
+
+@dataclass
+class Turn:
+    """One run's view of its conversation: `history` to give the model, `complete` to store the turn."""
+
+    history: list[TResponseInputItem]
+    _conversations: Conversations
+    _key: str
+    _token: str
+    _stored: int  # items the store holds for this conversation (as far as we know)
+    _loaded: bool  # False when the store failed: the turn runs without history and is not stored
+    completed: bool = field(default=False)
+    closed: bool = field(default=False)
+
+    async def complete(self, new_items: list[TResponseInputItem]) -> None:
+        """Store the turn (the user's item first, then the run's) and free the conversation.
+
+        A store failure is counted and logged, not raised: the reply still goes out.
+        """
+        self.completed = True
+        if not new_items:
+            return
+        first = {**new_items[0], TURN_AT: datetime.now(UTC).isoformat()}
+        items: list[TResponseInputItem] = [first, *new_items[1:]]  # type: ignore[list-item]
+        await self._conversations.close(self, items)
+
+
+class Conversations:
+    """Sessions keyed by (user, session id) over one `Backend`, or none when `backend` is None."""
+
+    def __init__(
+        self, backend: Backend | None, guarded: Guarded, *, max_items: int, lock_wait: float, lease: float, idempotency_ttl: float
+    ) -> None:
+        self.backend = backend
+        self.guarded = guarded
+        self.max_items = max_items
+        self.lock_wait = lock_wait
+        self.lease = lease
+        self.idempotency_ttl = idempotency_ttl
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def turn(self, user_id: str, session_id: str) -> AsyncIterator[Turn]:
+        """Hold the conversation for one run (409 `Busy` after `lock_wait`) and give its history."""
+        key = conversation_key(user_id, session_id)
+        deadline = time.monotonic() + self.lock_wait
+        async with self._local(key):
+            turn = await self._open(key, deadline)
+            try:
+                yield turn
+            finally:
+                if not turn.closed:  # a failed or cancelled run: free the conversation, store nothing
+                    await self.close(turn, None)
+
+    @asynccontextmanager
+    async def _local(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            try:
+                async with asyncio.timeout(self.lock_wait):
+                    await lock.acquire()
+            except TimeoutError:
+                raise Busy() from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key], self._locks[key]
+
+    async def _open(self, key: str, deadline: float) -> Turn:
+        """Take the shared lock and read the history in one store call (polled until `deadline`)."""
+        backend = self.backend
+        token = uuid.uuid4().hex
+        if backend is None:
+            return Turn([], self, key, token, 0, False, closed=True)
+        try:
+            while (raw := await self.guarded.call("open", lambda: backend.open_turn(key, token, self.lease))) is None:
+                if time.monotonic() >= deadline:
+                    raise Busy()
+                await asyncio.sleep(_POLL)
+        except StoreUnavailable:
+            # Without the store, the in-process lock is all there is: the chat still answers.
+            return Turn([], self, key, token, 0, False, closed=True)
+        return Turn([_strip(item) for item in _from_turn_start(raw)], self, key, token, len(raw), True)
+
+    async def close(self, turn: Turn, items: list[TResponseInputItem] | None) -> None:
+        """Store `items` (when given), trim to `max_items`, free the shared lock: one store call."""
+        backend = self.backend
+        if turn.closed or backend is None:
+            return
+        turn.closed = True
+        over = items is not None and turn._stored + len(items) > self.max_items
+        call = self.guarded.call(
+            "close", lambda: backend.close_turn(turn._key, turn._token, items, self.max_items if over else None)
+        )
+        with contextlib.suppress(StoreUnavailable):  # counted and logged by `guarded`; a lock's lease frees it
+            await asyncio.shield(call)
+
+    async def turns(self, user_id: str, session_id: str) -> list[TurnView]:
+        """The conversation as turns with timestamps; raises `StoreUnavailable`."""
+        if self.backend is None:
+            return []
+        session = self.backend.session(conversation_key(user_id, session_id))
+        items = await self.guarded.call("read", session.get_items)
+        return _as_turns(items)
+
+    async def forget(self, user_id: str, session_id: str) -> None:
+        """Delete the conversation; raises `StoreUnavailable`."""
+        if self.backend is not None:
+            session = self.backend.session(conversation_key(user_id, session_id))
+            await self.guarded.call("delete", session.clear_session)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _as_turns(items: list[Any]) -> list[TurnView]:
+    turns: list[TurnView] = []
+    at, text, reply = "", "", ""
+    for item in _from_turn_start(items):
+        if not isinstance(item, dict):
+            continue
+        if item.get("role") == "user":
+            if at or text:
+                turns.append(TurnView(at, text, reply))
+            at, text, reply = str(item.get(TURN_AT, "")), _text(item.get("content")), ""
+        elif item.get("role") == "assistant" and item.get("type", "message") == "message":
+            reply = _text(item.get("content"))  # the last message of the turn is its answer
+    if at or text:
+        turns.append(TurnView(at, text, reply))
+    return turns

@@ -1,0 +1,105 @@
+"""Idempotency-Key for chats: the same key and body answer the stored reply; the model runs once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from types import TracebackType
+from typing import Any
+
+from fastapi import HTTPException
+
+from ._backend import IdempotencyRecord
+from ._conversations import Conversations
+from ._guarded import StoreUnavailable
+from ._keys import fingerprint, idempotency_key, record_id
+
+
+class KeyInFlight(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(409, "A request with this Idempotency-Key is still being answered; retry when it is done")
+
+
+class KeyReused(HTTPException):
+    def __init__(self) -> None:
+        # The validation-error shape every 422 of the API has.
+        issue = {
+            "loc": ["header", "Idempotency-Key"],
+            "msg": "This key was used with a different request body",
+            "type": "key_reused",
+        }
+        super().__init__(422, [issue])
+
+
+class Claim:
+    """One request's hold on its key. `replay` is the stored reply when there is one.
+
+    Use as `async with claim:` around the run: leaving without `finish` (a failed run) releases
+    the key, so a retry runs again. Without a key, or with the store down, every call is a no-op.
+    """
+
+    def __init__(self, conversations: Conversations | None, key: str | None, token: str, record_id: str | None) -> None:
+        self._conversations = conversations
+        self._key = key
+        self._token = token
+        self.record_id = record_id
+        self.replay: str | None = None
+        self._done = False
+
+    async def finish(self, reply: str) -> None:
+        """Keep `reply` for CHAT_IDEMPOTENCY_TTL; a store failure is counted, not raised."""
+        self._done = True
+        conversations, key = self._conversations, self._key
+        if conversations is None or key is None or conversations.backend is None:
+            return
+        backend = conversations.backend
+        call = conversations.guarded.call(
+            "idempotency_finish", lambda: backend.finish(key, self._token, reply, conversations.idempotency_ttl)
+        )
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.shield(call)
+
+    async def abandon(self) -> None:
+        self._done = True
+        conversations, key = self._conversations, self._key
+        if conversations is None or key is None or conversations.backend is None:
+            return
+        backend = conversations.backend
+        with contextlib.suppress(StoreUnavailable):  # the lease frees it
+            await asyncio.shield(conversations.guarded.call("idempotency_release", lambda: backend.release(key, self._token)))
+
+    async def __aenter__(self) -> Claim:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if not self._done:
+            await self.abandon()
+
+
+async def begin(conversations: Conversations, user_id: str, key: str | None, body: dict[str, Any]) -> Claim:
+    """Claim `key` for this request: a `Claim` to run under, or 409 `KeyInFlight` / 422 `KeyReused`."""
+    if key is None:
+        return Claim(None, None, "", None)
+    store_key = idempotency_key(user_id, key)
+    claim = Claim(conversations, store_key, uuid.uuid4().hex, record_id(user_id, key))
+    backend = conversations.backend
+    if backend is None:
+        return claim
+    mine = IdempotencyRecord(claim._token, fingerprint(body))
+    try:
+        live = await conversations.guarded.call("idempotency_claim", lambda: backend.claim(store_key, mine, conversations.lease))
+    except StoreUnavailable:
+        # Without the store the model may run twice, but the record id still counts the message once.
+        return Claim(None, None, "", claim.record_id)
+    if live is None:
+        return claim
+    if live.fingerprint != mine.fingerprint:
+        raise KeyReused()
+    if live.reply is None:
+        raise KeyInFlight()
+    claim.replay = live.reply
+    claim._done = True
+    return claim

@@ -1,0 +1,200 @@
+"""The PostgreSQL store: the SDK's `SQLAlchemySession` (asyncpg) for history, plus lease locks and idempotency records.
+
+Locks are lease rows rather than PostgreSQL advisory locks: an advisory lock pins a pooled
+connection for a whole model run, a lease row costs two short statements and frees itself when a
+replica dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from agents.extensions.memory import SQLAlchemySession
+from agents.memory import SessionSettings
+from sqlalchemy import Column, Float, MetaData, String, Table, Text, column, delete, select, table, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from servicekit.logging import get_logger
+
+from ._backend import ComposedTurns, IdempotencyRecord
+
+log = get_logger("sessions")
+
+_META = MetaData()
+_LOCKS = Table(
+    "chat_session_locks",
+    _META,
+    Column("key", String, primary_key=True),
+    Column("token", String, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+_IDEMPOTENCY = Table(
+    "chat_idempotency",
+    _META,
+    Column("key", String, primary_key=True),
+    Column("token", String, nullable=False),
+    Column("fingerprint", String, nullable=False),
+    Column("reply", Text),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+# The SDK's own tables (its defaults), for the statements its API has no call for: trim and sweep.
+_MESSAGES = table("agent_messages", column("id"), column("session_id"))
+_SESSIONS = table("agent_sessions", column("session_id"), column("updated_at"))
+
+
+def async_url(url: str) -> str:
+    """postgresql://... (or postgres://...) as a SQLAlchemy asyncpg URL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
+
+
+class SqlBackend(ComposedTurns):
+    def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
+        address = make_url(async_url(url))
+        options = _engine_options(timeout)
+        if "search_path" in address.query:  # postgresql://...?search_path=s: asyncpg takes it as a server setting
+            options["connect_args"]["server_settings"] = {"search_path": address.query["search_path"]}
+            address = address.difference_update_query(["search_path"])
+        self._engine: AsyncEngine = create_async_engine(address, **options)
+        self.name = self._engine.dialect.name
+        self._settings = SessionSettings(limit=max_items)
+        self._ttl = ttl
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tables = False
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweep")
+        await self._ensure_tables()
+
+    async def _ensure_tables(self) -> None:
+        # At start, or on the first call after a start the store was down for.
+        if self._tables:
+            return
+        async with self._engine.begin() as connection:
+            await connection.run_sync(_META.create_all)
+        # The SDK creates its tables on a session's first call when asked to: once here, not per chat.
+        await SQLAlchemySession("-", engine=self._engine, create_tables=True).get_items(limit=1)
+        self._tables = True
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self._engine.dispose()
+
+    def session(self, key: str) -> SQLAlchemySession:
+        return _Session(key, engine=self._engine, session_settings=self._settings, backend=self)
+
+    async def trim(self, key: str, keep: int) -> None:
+        newest_dropped = (
+            select(_MESSAGES.c.id)
+            .where(_MESSAGES.c.session_id == key)
+            .order_by(_MESSAGES.c.id.desc())
+            .limit(1)
+            .offset(keep)
+            .scalar_subquery()
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(delete(_MESSAGES).where(_MESSAGES.c.session_id == key, _MESSAGES.c.id <= newest_dropped))
+
+    async def sweep(self) -> None:
+        """Forget conversations idle longer than the TTL, and expired locks and idempotency records."""
+        await self._ensure_tables()
+        cutoff = text("CURRENT_TIMESTAMP - make_interval(secs => :ttl)")
+        idle = select(_SESSIONS.c.session_id).where(_SESSIONS.c.updated_at < cutoff)
+        now = time.time()
+        async with self._engine.begin() as connection:
+            params = {"ttl": self._ttl}
+            await connection.execute(delete(_MESSAGES).where(_MESSAGES.c.session_id.in_(idle)), params)
+            await connection.execute(delete(_SESSIONS).where(_SESSIONS.c.updated_at < cutoff), params)
+            await connection.execute(delete(_LOCKS).where(_LOCKS.c.expires_at < now))
+            await connection.execute(delete(_IDEMPOTENCY).where(_IDEMPOTENCY.c.expires_at < now))
+
+    async def _sweep_forever(self) -> None:
+        period = min(max(self._ttl / 4, 0.05), 60.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sweep()
+            except Exception as error:  # the store is down: the next sweep tries again
+                log.warning("session_sweep_failed", error=type(error).__name__)
+
+    async def try_lock(self, key: str, token: str, lease: float) -> bool:
+        await self._ensure_tables()
+        now = time.time()
+        values = {"token": token, "expires_at": now + lease}
+        statement = (
+            insert(_LOCKS)
+            .values(key=key, **values)
+            .on_conflict_do_update(index_elements=["key"], set_=values, where=_LOCKS.c.expires_at < now)
+            .returning(_LOCKS.c.token)
+        )
+        async with self._engine.begin() as connection:
+            holder: str | None = (await connection.execute(statement)).scalar_one_or_none()
+        return holder == token
+
+    async def unlock(self, key: str, token: str) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(delete(_LOCKS).where(_LOCKS.c.key == key, _LOCKS.c.token == token))
+
+    async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
+        await self._ensure_tables()
+        now = time.time()
+        values = {"token": record.token, "fingerprint": record.fingerprint, "reply": None, "expires_at": now + lease}
+        statement = (
+            insert(_IDEMPOTENCY)
+            .values(key=key, **values)
+            .on_conflict_do_update(index_elements=["key"], set_=values, where=_IDEMPOTENCY.c.expires_at < now)
+            .returning(_IDEMPOTENCY.c.token)
+        )
+        async with self._engine.begin() as connection:
+            if (await connection.execute(statement)).scalar_one_or_none() == record.token:
+                return None
+            row = (
+                await connection.execute(
+                    select(_IDEMPOTENCY.c.token, _IDEMPOTENCY.c.fingerprint, _IDEMPOTENCY.c.reply).where(
+                        _IDEMPOTENCY.c.key == key
+                    )
+                )
+            ).one_or_none()
+        if row is None:  # released between the two statements: free again
+            return await self.claim(key, record, lease)
+        return IdempotencyRecord(row.token, row.fingerprint, row.reply)
+
+    async def finish(self, key: str, token: str, reply: str, ttl: float) -> None:
+        statement = (
+            update(_IDEMPOTENCY)
+            .where(_IDEMPOTENCY.c.key == key, _IDEMPOTENCY.c.token == token)
+            .values(reply=reply, expires_at=time.time() + ttl)
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(statement)
+
+    async def release(self, key: str, token: str) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(delete(_IDEMPOTENCY).where(_IDEMPOTENCY.c.key == key, _IDEMPOTENCY.c.token == token))
+
+
+def _engine_options(timeout: float) -> dict[str, Any]:
+    # asyncpg: a connect that cannot finish and a statement that hangs both fail within the timeout.
+    return {"connect_args": {"timeout": timeout, "command_timeout": timeout}, "pool_pre_ping": False}
+
+
+class _Session(SQLAlchemySession):
+    """The SDK's session, with the tables made first when the store was down at start."""
+
+    def __init__(self, key: str, *, engine: AsyncEngine, session_settings: SessionSettings, backend: SqlBackend) -> None:
+        super().__init__(key, engine=engine, session_settings=session_settings)
+        self._backend = backend
+
+    async def get_items(self, limit: int | None = None) -> list[Any]:
+        await self._backend._ensure_tables()
+        return await super().get_items(limit)

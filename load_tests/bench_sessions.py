@@ -1,0 +1,135 @@
+"""What conversations cost per chat: `flock /work/.bench.lock uv run python -m load_tests.bench_sessions`.
+
+In process, on uvloop. Two measurements:
+
+- added to a chat: POST /chat/ through the ASGI interface (offline model, analytics answered by an
+  in-memory transport, the real outbox), with CHAT_SESSIONS_URL=off and with the default SQLite
+  file, in alternating rounds so drift hits both sides equally. Each round's chats continue
+  `--sessions` conversations, so history is loaded and stored as in real use. The p50 difference
+  is what sessions add (goal: <= 1 ms).
+- bounded at scale: `--concurrent` (1,000) conversations of `--turns` (20) turns each, all at once,
+  straight through `Conversations.turn`; then the largest number of items any conversation holds
+  in the store (goal: <= CHAT_SESSION_MAX_ITEMS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import uvloop
+from asgi_lifespan import LifespanManager
+
+from chat_service.core.config import AdmissionSettings, Settings
+from chat_service.main import create_app
+from chat_service.sessions import open_conversations
+
+
+def _analytics(request: httpx.Request) -> httpx.Response:
+    if request.method == "GET":
+        return httpx.Response(200, json={"user_id": "u", "message_count": 3})
+    return httpx.Response(200, json={"recorded": 1, "duplicates": 0})
+
+
+async def _chat_latencies(workdir: Path, sessions_url: str, per_round: int, sessions: int) -> list[float]:
+    settings = Settings(
+        analytics_url="http://analytics",
+        outbox_path=str(workdir / sessions_url.replace("/", "_") / "outbox.sqlite3"),
+        llm_provider="offline",
+        log_level="WARNING",
+        log_format="json",
+        sessions_url=sessions_url if sessions_url == "off" else None,
+        admission=AdmissionSettings(enabled=False),
+    )
+    app = create_app(settings, transport=httpx.MockTransport(_analytics))
+    samples: list[float] = []
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://chat") as client,
+    ):
+        for i in range(per_round):
+            body = {"user_id": f"u{i % sessions}", "text": "hello there", "metadata": {"session_id": "bench"}}
+            started = time.perf_counter()
+            response = await client.post("/chat/", json=body)
+            samples.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+    return samples
+
+
+def _p99(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.99)]
+
+
+async def added_per_chat(rounds: int, per_round: int, sessions: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        off: list[float] = []
+        on: list[float] = []
+        # Alternate whole runs, so drift over time hits both sides equally.
+        for _ in range(rounds):
+            off += await _chat_latencies(workdir, "off", per_round, sessions)
+            on += await _chat_latencies(workdir, "sqlite", per_round, sessions)
+    p50_off, p50_on = statistics.median(off), statistics.median(on)
+    print(f"chat p50 sessions off: {p50_off * 1e3:.3f} ms   p99 {_p99(off) * 1e3:.3f} ms   ({len(off)} chats)")
+    print(f"chat p50 sessions on (SQLite): {p50_on * 1e3:.3f} ms   p99 {_p99(on) * 1e3:.3f} ms   ({len(on)} chats)")
+    print(f"added by sessions, p50: {(p50_on - p50_off) * 1e3:.3f} ms (goal <= 1 ms)")
+
+
+async def bounded_at_scale(concurrent: int, turns: int, max_items: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sessions.sqlite3"
+        async with AsyncExitStack() as resources:
+            conversations = await open_conversations(
+                resources,
+                url=f"sqlite:///{path}",
+                max_items=max_items,
+                ttl=3600,
+                call_timeout=30,
+                lock_wait=30,
+                run_deadline=30,
+                idempotency_ttl=3600,
+                on_failure=lambda op, reason: print("store failure", op, reason),
+            )
+
+            async def converse(n: int) -> None:
+                for t in range(turns):
+                    async with conversations.turn(f"user{n}", "s") as turn:
+                        await turn.complete(
+                            [{"role": "user", "content": f"turn {t}"}, {"role": "assistant", "content": f"reply {t}"}]
+                        )
+
+            started = time.perf_counter()
+            await asyncio.gather(*(converse(n) for n in range(concurrent)))
+            elapsed = time.perf_counter() - started
+        rows = sqlite3.connect(path).execute(
+            "select max(c), count(*) from (select count(*) c from conversation_items group by session_id)"
+        )
+        most, sessions = rows.fetchone()
+    print(
+        f"{concurrent} conversations x {turns} turns at once: {elapsed:.1f} s ({concurrent * turns / elapsed:.0f} turns/s); "
+        f"{sessions} conversations stored, the largest holds {most} items (CHAT_SESSION_MAX_ITEMS={max_items})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=400)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--concurrent", type=int, default=1000)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--max-items", type=int, default=10)
+    args = parser.parse_args()
+    uvloop.run(added_per_chat(args.rounds, args.per_round, args.sessions))
+    uvloop.run(bounded_at_scale(args.concurrent, args.turns, args.max_items))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Conversations against real uvicorn processes: memory, idempotent retries counted once, a Redis that dies."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from load_tests.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def say(stack, user: str, text: str, session: str = "s-1", **kw: object) -> httpx.Response:
+    body = {"user_id": user, "text": text, "metadata": {"session_id": session}}
+    return httpx.post(stack.chat.url + "/chat/", json=body, timeout=10, **kw)
+
+
+def test_two_turns_remember_and_a_retried_post_is_counted_once(make_stack):
+    stack = make_stack()
+    first = say(stack, "newbie", "hello")
+    second = say(stack, "newbie", "again")
+    assert "message 1 of this conversation" in first.json()["reply"]
+    assert "message 2 of this conversation" in second.json()["reply"]
+    turns = httpx.get(stack.chat.url + "/sessions/s-1", params={"user_id": "newbie"}, timeout=5).json()["turns"]
+    assert [t["text"] for t in turns] == ["hello", "again"]
+
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
+    paid = say(stack, "newbie", "once", headers=key)
+    retried = [say(stack, "newbie", "once", headers=key) for _ in range(3)]
+    assert all(r.status_code == 200 and r.json() == paid.json() for r in retried)
+    stack.wait_drained()
+    assert stack.analytics_count("newbie") == 3  # hello, again, once
+
+
+def _redis_server(port: int, workdir) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return server
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+
+@pytest.mark.redis
+def test_a_redis_store_that_dies_costs_the_history_not_the_chat(make_stack, tmp_path):
+    port = free_port()
+    server = _redis_server(port, tmp_path)
+    try:
+        stack = make_stack(chat_extra={"CHAT_SESSIONS_URL": f"redis://127.0.0.1:{port}/0", "CHAT_SESSION_TIMEOUT": "0.3"})
+        assert "message 2 of this conversation" in [say(stack, "alice", t) for t in ("a", "b")][1].json()["reply"]
+    finally:
+        server.kill()
+        server.wait()
+    started = time.perf_counter()
+    replies = [say(stack, "alice", f"down {i}") for i in range(6)]
+    assert [r.status_code for r in replies] == [200] * 6
+    assert all("message 1 of this conversation" in r.json()["reply"] for r in replies)
+    assert time.perf_counter() - started < 5
+    assert stack.logs().count("session_store_failed") == 1  # once per outage, not once per chat
+    metrics = httpx.get(stack.chat.url + "/metrics", timeout=5).text
+    assert 'chat_session_store_failures_total{operation="open",reason="breaker_open"}' in metrics
