@@ -35,8 +35,9 @@ class Guarded:
     ) -> None:
         self.timeout = timeout
         self._on_failure = on_failure
+        self.target = "sessions"  # the breaker's name in events and metrics
         self.breaker = CircuitBreaker(
-            "sessions", reset=breaker_reset, clock=SystemClock(), emit=emit, mode="consecutive", failures=breaker_failures
+            self.target, reset=breaker_reset, clock=SystemClock(), emit=emit, mode="consecutive", failures=breaker_failures
         )
         self._down: str | None = None
 
