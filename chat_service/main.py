@@ -110,6 +110,8 @@ def create_app(
             llm = build_llm(settings, resources, hooks=(log_model_event, metrics.on_model_event), observer=metrics, tracer=tracer)
             for endpoint in llm.endpoints:
                 metrics.watch_model_endpoint(endpoint.name, endpoint.pipeline.target)
+            for pipeline in (analytics.read_pipeline, analytics.record_pipeline):
+                metrics.watch_breaker(pipeline.target)
             limiter = build_rate_limiter(settings.rate_limit_per_minute, settings.redis_url, prefix=settings.rate_limit_prefix)
             if limiter is not None:
                 resources.push_async_callback(limiter.close)
@@ -126,6 +128,7 @@ def create_app(
                 on_failure=metrics.on_session_failure,
                 hooks=hooks,
             )
+            metrics.watch_breaker(conversations.guarded.target)
             agents = PersonalizedAgents(build_agent(llm.model, tracer=tracer))
             freeze_startup_objects()
             log.info(

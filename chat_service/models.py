@@ -55,7 +55,9 @@ class Metadata(BaseModel):
         description="ISO 8601 (an integer is refused); without an offset it is read as UTC. Replies carry UTC.",
     )
     session_id: SessionId = Field(
-        default_factory=lambda: str(uuid.uuid4()), description="Echoed in the reply; a new UUID when not given"
+        default_factory=lambda: str(uuid.uuid4()),
+        description="The conversation: send the same id again to continue it. Without one the message is a "
+        "one-off (nothing is stored) and the reply carries a new UUID",
     )
 
 
@@ -73,6 +75,12 @@ class ChatMessage(BaseModel):
     ]
     metadata: Metadata = Field(default_factory=Metadata)
     tags: Annotated[list[Tag], Field(max_length=16, description="At most 16, each 1-64 characters")] | None = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The session id when the client named one; None for a one-off message, which nothing stores."""
+        # Storing every unnamed message would keep a conversation nobody can continue for CHAT_SESSION_TTL.
+        return self.metadata.session_id if "session_id" in self.metadata.model_fields_set else None
 
 
 class ReplyMetadata(Metadata):

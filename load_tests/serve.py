@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C (or the one `uv run` forwards) must not cut the clean stop short and leave
+        # analytics running on its port.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         say("stopping chat (it delivers its outbox first), then analytics")
         for service in reversed(services):
             service.stop()

@@ -53,13 +53,13 @@ async def chat(
 ) -> ChatReply:
     """Answer a message in its conversation, personalized with how many messages the user sent."""
     turn = await turns.begin(message, caller)
-    user_id, session_id = message.user_id, message.metadata.session_id  # the token's subject when auth is on
+    user_id = message.user_id  # the token's subject when auth is on
     # A retry of a keyed request answers the stored reply: no model run, no second record.
     claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
     if claim.replay is not None:
         return ChatReply.model_validate_json(claim.replay)
     # One run at a time per conversation; the turn is stored only if the reply completes.
-    async with claim, conversations.turn(user_id, session_id) as held:
+    async with claim, conversations.turn(user_id, message.conversation_id) as held:
         reply = await turns.run(turn, history=held.history)
         answer = await turns.record(request, turn, reply, record_id=claim.record_id)
         await held.complete(reply.items)

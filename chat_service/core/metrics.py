@@ -126,7 +126,11 @@ class ChatMetrics(HttpMetrics):
     def watch_model_endpoint(self, endpoint: str, pipeline_target: str) -> None:
         """Publish an endpoint's calls in flight and its breaker from the start."""
         self.model_in_flight(endpoint, 0)
-        self.breaker_state.labels(pipeline_target).set(BREAKER_STATES["closed"])
+        self.watch_breaker(pipeline_target)
+
+    def watch_breaker(self, target: str) -> None:
+        """Publish a breaker as closed from the start, so dashboards and alerts see it before it ever opens."""
+        self.breaker_state.labels(target).set(BREAKER_STATES["closed"])
 
     def model_in_flight(self, endpoint: str, calls: int) -> None:
         """A `CallObserver` method: an endpoint's calls in flight changed."""

@@ -24,6 +24,9 @@ from ._keys import conversation_key
 log = get_logger("sessions")
 TURN_AT = "_turn_at"  # set on a turn's user item in the store; removed before the model sees it
 _POLL = 0.02
+# A turn whose close failed (say, another writer held SQLite's file a moment too long) is stored, and its
+# conversation freed, by these later tries; without them the lock would wait out its whole lease.
+CLOSE_RETRIES = (0.1, 0.5, 2.0)
 
 
 class Busy(HTTPException):
@@ -94,10 +97,17 @@ class Conversations:
         self.idempotency_ttl = idempotency_ttl
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
+        self._retries: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
-    async def turn(self, user_id: str, session_id: str) -> AsyncIterator[Turn]:
-        """Hold the conversation for one run (409 `Busy` after `lock_wait`) and give its history."""
+    async def turn(self, user_id: str, session_id: str | None) -> AsyncIterator[Turn]:
+        """Hold the conversation for one run (409 `Busy` after `lock_wait`) and give its history.
+
+        `session_id` None: a one-off message, with no history, no lock and nothing stored.
+        """
+        if session_id is None:
+            yield Turn([], self, "", "", 0, False, closed=True)
+            return
         key = conversation_key(user_id, session_id)
         deadline = time.monotonic() + self.lock_wait
         async with self._local(key):
@@ -150,11 +160,39 @@ class Conversations:
             return
         turn.closed = True
         over = items is not None and turn._stored + len(items) > self.max_items
-        call = self.guarded.call(
-            "close", lambda: backend.close_turn(turn._key, turn._token, items, self.max_items if over else None)
-        )
-        with contextlib.suppress(StoreUnavailable):  # counted and logged by `guarded`; a lock's lease frees it
-            await asyncio.shield(call)
+        key, token, trim_to = turn._key, turn._token, self.max_items if over else None
+        first = asyncio.ensure_future(self.guarded.call("close", lambda: backend.close_turn(key, token, items, trim_to)))
+
+        def after(done: asyncio.Future[None]) -> None:  # also when the request was cancelled meanwhile
+            if not done.cancelled() and done.exception() is not None:  # counted and logged by `guarded`
+                retry = asyncio.ensure_future(self._close_later(backend, key, token, items, trim_to))
+                self._retries.add(retry)
+                retry.add_done_callback(self._retries.discard)
+
+        first.add_done_callback(after)
+        with contextlib.suppress(StoreUnavailable):  # the reply still goes out; `after` tries again
+            await asyncio.shield(first)  # a cancelled request still frees its conversation
+
+    async def _close_later(
+        self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
+    ) -> None:
+        for delay in CLOSE_RETRIES:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self.guarded.timeout):
+                    await backend.close_turn(key, token, items, trim_to)
+            except Exception:
+                continue
+            log.info("session_turn_closed_late", stored=bool(items), after_tries=CLOSE_RETRIES.index(delay) + 1)
+            return
+        log.warning("session_turn_not_closed", stored=False, lease_frees_it=True)
+
+    async def drain(self) -> None:
+        """Let pending close retries finish (at shutdown, before the store closes)."""
+        if self._retries:
+            await asyncio.wait(self._retries, timeout=sum(CLOSE_RETRIES) + self.guarded.timeout * len(CLOSE_RETRIES))
+        for retry in list(self._retries):
+            retry.cancel()
 
     async def turns(self, user_id: str, session_id: str) -> list[TurnView]:
         """The conversation as turns with timestamps; raises `StoreUnavailable`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from resilience import CircuitBreaker, Event, SystemClock
 from servicekit.logging import get_logger
@@ -33,10 +33,11 @@ class Guarded:
         breaker_failures: int = 3,
         breaker_reset: float = 5.0,
     ) -> None:
-        self._timeout = timeout
+        self.timeout = timeout
         self._on_failure = on_failure
+        self.target = "sessions"  # the breaker's name in events and metrics
         self.breaker = CircuitBreaker(
-            "sessions", reset=breaker_reset, clock=SystemClock(), emit=emit, mode="consecutive", failures=breaker_failures
+            self.target, reset=breaker_reset, clock=SystemClock(), emit=emit, mode="consecutive", failures=breaker_failures
         )
         self._down: str | None = None
 
@@ -46,7 +47,7 @@ class Guarded:
             self._on_failure(operation, "breaker_open")
             raise StoreUnavailable("breaker_open")
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.timeout):
                 result = await make()
         except asyncio.CancelledError:
             self.breaker.release(admission)
@@ -64,3 +65,16 @@ class Guarded:
             log.info("session_store_recovered", after=self._down)
             self._down = None
         return result
+
+
+async def past_cancellation(call: Awaitable[T]) -> T:
+    """Await `call` in a task that a cancelled request cannot stop (a store write must finish or fail
+    as a whole); its failure is retrieved even when nobody is left to await it."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

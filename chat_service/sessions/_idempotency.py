@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from types import TracebackType
@@ -12,7 +11,7 @@ from fastapi import HTTPException
 
 from ._backend import IdempotencyRecord
 from ._conversations import Conversations
-from ._guarded import StoreUnavailable
+from ._guarded import StoreUnavailable, past_cancellation
 from ._keys import fingerprint, idempotency_key, record_id
 
 
@@ -58,7 +57,7 @@ class Claim:
             "idempotency_finish", lambda: backend.finish(key, self._token, reply, conversations.idempotency_ttl)
         )
         with contextlib.suppress(StoreUnavailable):
-            await asyncio.shield(call)
+            await past_cancellation(call)
 
     async def abandon(self) -> None:
         self._done = True
@@ -67,7 +66,7 @@ class Claim:
             return
         backend = conversations.backend
         with contextlib.suppress(StoreUnavailable):  # the lease frees it
-            await asyncio.shield(conversations.guarded.call("idempotency_release", lambda: backend.release(key, self._token)))
+            await past_cancellation(conversations.guarded.call("idempotency_release", lambda: backend.release(key, self._token)))
 
     async def __aenter__(self) -> Claim:
         return self

@@ -70,14 +70,17 @@ async def open_conversations(
             hook(event)
 
     guarded = Guarded(timeout=call_timeout, on_failure=on_failure, emit=emit)
-    return Conversations(
+    conversations = Conversations(
         backend,
         guarded,
         max_items=max_items,
         lock_wait=lock_wait,
-        lease=run_deadline + LEASE_MARGIN,
+        # A key is claimed before the wait for the conversation's lock: its lease covers both.
+        lease=lock_wait + run_deadline + LEASE_MARGIN,
         idempotency_ttl=idempotency_ttl,
     )
+    resources.push_async_callback(conversations.drain)  # runs before the store closes (pushed after it)
+    return conversations
 
 
 def user_item(text: str) -> TResponseInputItem:

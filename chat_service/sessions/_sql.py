@@ -185,7 +185,13 @@ class SqlBackend(ComposedTurns):
 
 def _engine_options(timeout: float) -> dict[str, Any]:
     # asyncpg: a connect that cannot finish and a statement that hangs both fail within the timeout.
-    return {"connect_args": {"timeout": timeout, "command_timeout": timeout}, "pool_pre_ping": False}
+    # The pool's own wait is bounded too: the SDK's writes finish even when cancelled, so a call
+    # stuck waiting for a connection would outlive our timeout by SQLAlchemy's default 30 s.
+    return {
+        "connect_args": {"timeout": timeout, "command_timeout": timeout},
+        "pool_pre_ping": False,
+        "pool_timeout": timeout,
+    }
 
 
 class _Session(SQLAlchemySession):

@@ -39,6 +39,8 @@ T = TypeVar("T")
 log = get_logger("sessions")
 _BUSY_MS = 50
 _CHECKPOINT_EVERY = 1.0
+_SWEEP_BATCH = 500
+_IDLE_BATCH = "SELECT session_id FROM conversations WHERE updated_at < ? LIMIT ?"
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS conversation_items ("
@@ -125,14 +127,19 @@ class SqliteBackend:
         """Forget conversations idle longer than the TTL, and expired locks and idempotency records."""
         now = time.time()
 
-        def sweep(db: sqlite3.Connection) -> None:
-            idle = "SELECT session_id FROM conversations WHERE updated_at < ?"
-            db.execute(f"DELETE FROM conversation_items WHERE session_id IN ({idle})", (now - self._ttl,))
-            db.execute("DELETE FROM conversations WHERE updated_at < ?", (now - self._ttl,))
-            db.execute("DELETE FROM conversation_locks WHERE expires_at < ?", (now,))
-            db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+        def sweep_batch(db: sqlite3.Connection) -> int:
+            idle = [row[0] for row in db.execute(_IDLE_BATCH, (now - self._ttl, _SWEEP_BATCH))]
+            marks = ",".join("?" * len(idle))
+            db.execute(f"DELETE FROM conversation_items WHERE session_id IN ({marks})", idle)
+            db.execute(f"DELETE FROM conversations WHERE session_id IN ({marks})", idle)
+            return len(idle)
 
-        await self._in_thread(sweep)
+        # Batches of a few hundred conversations, each its own short transaction: one big DELETE
+        # would hold the file past the 50 ms the loop's writers wait, and fail their chats' stores.
+        while await self._in_thread(sweep_batch) == _SWEEP_BATCH:
+            pass
+        await self._in_thread(lambda db: db.execute("DELETE FROM conversation_locks WHERE expires_at < ?", (now,)))
+        await self._in_thread(lambda db: db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,)))
 
     async def _sweep_forever(self) -> None:
         period = min(max(self._ttl / 4, 0.05), 60.0)
@@ -167,11 +174,13 @@ class SqliteBackend:
         now = time.time()
 
         def close_turn(db: sqlite3.Connection) -> None:
+            held = db.execute("DELETE FROM conversation_locks WHERE key = ? AND token = ? RETURNING key", (key, token))
+            if held.fetchone() is None:  # the lease ran out and another run took the conversation: never interleave
+                return
             if items:
                 _write(db, key, items, now)
             if trim_to is not None:
                 _trim(db, key, trim_to)
-            db.execute("DELETE FROM conversation_locks WHERE key = ? AND token = ?", (key, token))
 
         await self.run(close_turn)
 

@@ -21,6 +21,9 @@ async def test_metrics_cover_requests_analytics_outcomes_llm_and_outbox(chat_wit
     assert "chat_llm_run_seconds_count 1.0" in metrics
     assert re.search(r"^chat_outbox_depth [01]\.0$", metrics, re.MULTILINE)  # 1 while the record is in flight
     assert re.search(r"^chat_outbox_dead_letters 0\.0$", metrics, re.MULTILINE)
+    # Every breaker is published from the start, before any opens: dashboards and alerts see them.
+    for target in ("analytics-read", "analytics-record", "sessions"):
+        assert f'chat_breaker_state{{target="{target}"}} 0.0' in metrics
 
 
 async def test_breaker_retry_and_fallback_metrics(chat_with):

@@ -27,6 +27,17 @@ async def test_the_second_message_is_message_2_of_this_conversation(chat):
     assert "message 1 of this conversation" in other.json()["reply"]
 
 
+async def test_a_message_without_a_session_id_is_a_one_off_that_nothing_stores(chat, tmp_path):
+    replies = [(await chat.post("/chat/", json={"user_id": "alice", "text": "hi"})).json() for _ in range(2)]
+    assert all("This is message 1 of this conversation." in r["reply"] for r in replies)
+    session_ids = {r["metadata"]["session_id"] for r in replies}
+    assert len(session_ids) == 2  # each a new UUID, and neither kept for CHAT_SESSION_TTL
+    for session_id in session_ids:
+        assert (await chat.get(f"/sessions/{session_id}", params={"user_id": "alice"})).status_code == 404
+    with sqlite3.connect(tmp_path / "chat-sessions.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM conversation_items").fetchone() == (0,)
+
+
 async def test_the_same_session_id_of_another_user_is_another_conversation(chat):
     await chat.post("/chat/", json=say("alice", "secret"))
     bob = await chat.post("/chat/", json=say("bob", "hello"))
