@@ -91,7 +91,7 @@ async def chat_stream(
 ) -> EventStreamResponse:
     """Answer a message in its conversation as server-sent events; errors before the first piece are plain JSON."""
     turn = await turns.begin(message, caller)
-    user_id, session_id = message.user_id, message.metadata.session_id
+    user_id = message.user_id  # the token's subject when auth is on
     claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
     if claim.replay is not None:
         return replay_reply(ChatReply.model_validate_json(claim.replay))
@@ -99,7 +99,7 @@ async def chat_stream(
     held = AsyncExitStack()
     try:
         await held.enter_async_context(claim)
-        conversation = await held.enter_async_context(conversations.turn(user_id, session_id))
+        conversation = await held.enter_async_context(conversations.turn(user_id, message.conversation_id))
         run = turns.stream(turn, history=conversation.history)
         try:
             # The headers wait for the first piece of the reply: a run that fails before it answers
