@@ -6,6 +6,12 @@ then restarted) -> SIGSTOP analytics (then SIGCONT) -> SIGTERM chat and start it
 tail. It then waits for chat's outbox to drain and checks that every user's analytics count
 equals the number of 200 replies that user got. It writes `report.json` and `report.png`.
 
+Conversations are on (chat's default SQLite store, kept across chat's restart): each user talks
+in a few sessions, each session owned by one worker (one message at a time, so a 409 would be a
+bug), and the run ends by reading every conversation back: each stored turn must be one of our
+messages followed by its reply, in the order they were answered, one per 200 reply, and each
+reply must say it is "message N of this conversation" with N its place in the session.
+
 The phases tile the whole run (analytics' restart is a phase of its own), so every reply is in
 one phase's figures. The chart puts each reply in the second it was answered, drawn at the
 middle of that second, beside the read pipeline's fallbacks per second (sampled from chat's
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import signal
@@ -31,6 +38,7 @@ from .loadgen import percentile
 from .processes import ServiceProcess, analytics_env, chat_env
 
 COUNT = re.compile(r"You have sent (\d+) messages")
+TURN = re.compile(r"This is message (\d+) of this conversation")
 READ_FALLBACKS = re.compile(r'^chat_analytics_fallbacks_total\{[^}]*target="analytics-read"[^}]*\} (\S+)$', re.MULTILINE)
 BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -42,6 +50,10 @@ class Reply:
     status: int
     user: str
     count: int | None
+    session: str = ""
+    text: str = ""
+    reply: str = ""
+    turn: int | None = None  # "message N of this conversation"
 
 
 @dataclass
@@ -67,6 +79,7 @@ class ChaosRun:
     timings: Timings
     workers: int = 8
     users: int = 40
+    sessions: int = 3  # per user
     think: float = 0.02
     breaker_reset: float = 2.0
     replies: list[Reply] = field(default_factory=list)
@@ -94,6 +107,7 @@ class ChaosRun:
                 self.work / "outbox.sqlite3",
                 CHAT_ANALYTICS_READ__BREAKER_RESET=reset,
                 CHAT_ANALYTICS_RECORD__BREAKER_RESET=reset,
+                CHAT_SESSION_MAX_ITEMS="10000",  # every turn of the run stays, for the check
             ),
         )
         self._running = True
@@ -102,21 +116,39 @@ class ChaosRun:
         return time.monotonic() - self.t0
 
     async def _worker(self, index: int) -> None:
+        # This worker's conversations: (user, session) pairs no other worker talks in.
+        mine = [p for p in range(self.users * self.sessions) if p % self.workers == index]
+        sent = dict.fromkeys(mine, 0)
         async with httpx.AsyncClient(base_url=self.chat.url, timeout=30) as client:
-            n = index
-            while self._running:
-                user = f"{self.prefix}-{n % self.users}"
-                n += self.workers
+            for pair in itertools.cycle(mine):
+                if not self._running:
+                    break
+                user, session = f"{self.prefix}-{pair % self.users}", f"c{pair // self.users}"
+                sent[pair] += 1
+                text = f"hello {sent[pair]}"
+                body = {"user_id": user, "text": text, "metadata": {"session_id": session}}
                 started = self.now()
                 try:
-                    response = await client.post("/chat/", json={"user_id": user, "text": "hello"})
+                    response = await client.post("/chat/", json=body)
                 except httpx.TransportError:
                     self.connection_errors.append(started)  # chat restarting: no reply, so no record
                     await asyncio.sleep(0.05)
                     continue
-                match = COUNT.search(response.text) if response.status_code == 200 else None
+                ok = response.status_code == 200
+                reply = response.json()["reply"] if ok else ""
+                match, turn = COUNT.search(reply), TURN.search(reply)
                 self.replies.append(
-                    Reply(started, self.now() - started, response.status_code, user, int(match.group(1)) if match else None)
+                    Reply(
+                        started,
+                        self.now() - started,
+                        response.status_code,
+                        user,
+                        int(match.group(1)) if match else None,
+                        session,
+                        text,
+                        reply,
+                        int(turn.group(1)) if turn else None,
+                    )
                 )
                 await asyncio.sleep(self.think)
 
@@ -222,6 +254,40 @@ class ChaosRun:
             "mismatched": mismatched,
         }
 
+    def _conversation_check(self) -> dict[str, object]:
+        """Every conversation read back: one stored turn per 200 reply, in order, none half-written."""
+        answered: dict[tuple[str, str], list[Reply]] = {}
+        for reply in sorted(self.replies, key=lambda r: r.started):
+            if reply.status == 200:
+                answered.setdefault((reply.user, reply.session), []).append(reply)
+        half_written = interleaved = missing = extra = memory_wrong = 0
+        wrong: dict[str, object] = {}
+        with httpx.Client(base_url=self.chat.url, timeout=10) as client:
+            for (user, session), replies in answered.items():
+                response = client.get(f"/sessions/{session}", params={"user_id": user})
+                turns = response.json()["turns"] if response.status_code == 200 else []
+                half_written += sum(1 for turn in turns if not turn["reply"])
+                stored = [(turn["text"], turn["reply"]) for turn in turns]
+                given = [(reply.text, reply.reply) for reply in replies]
+                missing += max(0, len(given) - len(stored))
+                extra += max(0, len(stored) - len(given))
+                if stored[: len(given)] != given[: len(stored)]:
+                    interleaved += 1
+                memory_wrong += sum(1 for place, reply in enumerate(replies, 1) if reply.turn != place)
+                if stored != given or any(reply.turn != place for place, reply in enumerate(replies, 1)):
+                    wrong[f"{user}/{session}"] = {"stored": stored, "answered": [(r.text, r.turn) for r in replies]}
+        return {
+            "sessions": len(answered),
+            "turns_200": sum(len(replies) for replies in answered.values()),
+            "most_turns": max((len(replies) for replies in answered.values()), default=0),
+            "half_written": half_written,
+            "interleaved": interleaved,
+            "missing_turns": missing,
+            "extra_turns": extra,
+            "memory_wrong": memory_wrong,
+            "wrong": dict(list(wrong.items())[:5]),
+        }
+
     def _resumed_after(self, moment: float) -> float | None:
         later = sorted((r for r in self.replies if r.started >= moment and r.count), key=lambda r: r.started)
         return round(later[0].started - moment, 2) if later else None
@@ -283,6 +349,7 @@ class ChaosRun:
             "counts_resumed_after_s": {k: self._resumed_after(v) for k, v in self.returns.items()},
             "outbox_drained": drained,
             "loss_check": self._loss_check(),
+            "conversation_check": self._conversation_check(),
             "total_requests": len(self.replies),
             "non_2xx": sum(1 for r in self.replies if r.status != 200),
         }
@@ -375,11 +442,20 @@ def main() -> None:
     args = parser.parse_args()
     timings = Timings(**{name: getattr(args, name) for name in asdict(Timings())})
     report = run_chaos(args.out, timings, workers=args.workers)
-    shown = ("phases", "breaker_transitions", "counts_resumed_after_s", "chat_restart", "unphased_requests", "loss_check")
+    shown = (
+        "phases",
+        "breaker_transitions",
+        "counts_resumed_after_s",
+        "chat_restart",
+        "unphased_requests",
+        "loss_check",
+        "conversation_check",
+    )
     print(json.dumps({k: report[k] for k in shown}, indent=1))
     print(f"report: {args.out}/report.json and report.png")
-    loss = report["loss_check"]
-    raise SystemExit(0 if report["non_2xx"] == 0 and not loss["lost"] and not loss["duplicated"] else 1)  # type: ignore[index]
+    loss, talks = report["loss_check"], report["conversation_check"]
+    broken = any(talks[k] for k in ("half_written", "interleaved", "missing_turns", "extra_turns", "memory_wrong"))  # type: ignore[index]
+    raise SystemExit(0 if report["non_2xx"] == 0 and not loss["lost"] and not loss["duplicated"] and not broken else 1)  # type: ignore[index]
 
 
 if __name__ == "__main__":

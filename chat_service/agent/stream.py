@@ -9,10 +9,11 @@ consumer, or calling `cancel()`, cancels the run's task and with it the upstream
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import ExitStack
 
 from agents import Agent, RunConfig, Runner
+from agents.items import TResponseInputItem
 from agents.result import RunResultStreaming
 from agents.stream_events import StreamEvent
 from openai.types.responses import ResponseTextDeltaEvent
@@ -28,9 +29,17 @@ class StreamedRun:
     """A running agent; `next_delta()` until it answers None, then `reply` is the whole answer."""
 
     def __init__(
-        self, result: RunResultStreaming, scope: RunScope, deadline_at: float, span: Span | None = None, *, content: bool = False
+        self,
+        result: RunResultStreaming,
+        scope: RunScope,
+        deadline_at: float,
+        span: Span | None = None,
+        *,
+        content: bool = False,
+        said: TResponseInputItem,
     ) -> None:
         self._result = result
+        self._said = said  # the user's item: the first of the turn a conversation stores
         self._content = content
         self._events: AsyncIterator[StreamEvent] = result.stream_events()
         self._scope = scope
@@ -71,7 +80,8 @@ class StreamedRun:
         except LLMFailure as failure:
             self._end_span(failure.kind)
             raise
-        self._reply = Reply(text, offline=self._scope.answered_offline)
+        items = [self._said, *(item.to_input_item() for item in self._result.new_items)]
+        self._reply = Reply(text, offline=self._scope.answered_offline, items=items)
         if self._span is not None:
             record_usage(self._span, self._result.context_wrapper.usage)
             self._span.set_attribute("chat.llm.offline_fallback", self._reply.offline)
@@ -103,8 +113,12 @@ def stream_agent(
     deadline: float,
     max_turns: int,
     tracing: RunTracing | None = None,
+    history: Sequence[TResponseInputItem] = (),
 ) -> StreamedRun:
-    """Start `agent` on `text`; its model calls stream. The deadline counts from now."""
+    """Start `agent` on `text` after the conversation's `history`; its model calls stream.
+    The deadline counts from now; the finished run's `reply.items` is the turn to store."""
+    said: TResponseInputItem = {"role": "user", "content": text}
+    given = [*history, said] if history else text
     deadline_at = asyncio.get_running_loop().time() + deadline
     span: Span | None = None
     with ExitStack() as stack:
@@ -115,5 +129,5 @@ def stream_agent(
             span.set_attribute("gen_ai.request.stream", True)
             stack.enter_context(use_span(span, end_on_exit=False))
         scope = stack.enter_context(model_run_scope(deadline))
-        result = Runner.run_streamed(agent, input=text, context=context, run_config=run_config, max_turns=max_turns)
-    return StreamedRun(result, scope, deadline_at, span, content=tracing is not None and tracing.content)
+        result = Runner.run_streamed(agent, input=given, context=context, run_config=run_config, max_turns=max_turns)
+    return StreamedRun(result, scope, deadline_at, span, content=tracing is not None and tracing.content, said=said)

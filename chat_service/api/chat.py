@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+
 from fastapi import APIRouter, Request
 
 from servicekit.logging import get_logger
@@ -12,7 +14,7 @@ from ..models import ChatMessage, ChatReply
 from ..sessions import idempotency
 from .auth import AUTH_DESCRIPTIONS, CallerDep
 from .deps import ConversationsDep, TurnsDep
-from .events import EVENT_DATA, EVENTS, stream_reply
+from .events import EVENT_DATA, EVENTS, StreamedTurn, replay_reply, stream_reply
 
 router = APIRouter(tags=["chat"])
 log = get_logger("chat")
@@ -79,18 +81,37 @@ async def chat(
         **STREAM_ERRORS,
     },
 )
-async def chat_stream(request: Request, message: ChatMessage, caller: CallerDep, turns: TurnsDep) -> EventStreamResponse:
-    """Answer a message as server-sent events; errors before the first piece of the reply are plain JSON."""
+async def chat_stream(
+    request: Request,
+    message: ChatMessage,
+    caller: CallerDep,
+    turns: TurnsDep,
+    conversations: ConversationsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> EventStreamResponse:
+    """Answer a message in its conversation as server-sent events; errors before the first piece are plain JSON."""
     turn = await turns.begin(message, caller)
-    run = turns.stream(turn)
+    user_id = message.user_id  # the token's subject when auth is on
+    claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
+    if claim.replay is not None:
+        return replay_reply(ChatReply.model_validate_json(claim.replay))
+    # The key and the conversation stay held until the stream ends (StreamedTurn.close).
+    held = AsyncExitStack()
     try:
-        # The headers wait for the first piece of the reply: a run that fails before it answers
-        # the usual JSON error, with its status.
-        first = await run.next_delta()
-    except LLMFailure as failure:
-        turns.stream_ended(turn)
-        raise turns.failed(failure) from None
+        await held.enter_async_context(claim)
+        conversation = await held.enter_async_context(conversations.turn(user_id, message.conversation_id))
+        run = turns.stream(turn, history=conversation.history)
+        try:
+            # The headers wait for the first piece of the reply: a run that fails before it answers
+            # the usual JSON error, with its status.
+            first = await run.next_delta()
+        except LLMFailure as failure:
+            turns.stream_ended(turn)
+            raise turns.failed(failure) from None
+        except BaseException:
+            turns.stream_ended(turn)
+            raise
     except BaseException:
-        turns.stream_ended(turn)
+        await held.aclose()
         raise
-    return stream_reply(request, turns, turn, run, first)
+    return stream_reply(StreamedTurn(request, turns, turn, run, held, conversation, claim), first)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -14,6 +16,9 @@ from servicekit.openapi import EventStreamResponse
 
 from ..agent.run import LLMFailure
 from ..agent.stream import StreamedRun
+from ..models import ChatReply
+from ..sessions import Claim
+from ..sessions import Turn as Held
 from .turns import ChatTurns, Turn
 
 
@@ -49,9 +54,9 @@ def sse(event: str, data: str) -> bytes:
 
 
 class ChatEventStream(EventStreamResponse):
-    """An event stream that calls `on_close` however it ends: sent, failed, or its client gone."""
+    """An event stream that awaits `on_close` however it ends: sent, failed, or its client gone."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, on_close: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncIterator[bytes], *, on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         # no-cache and no proxy buffering (nginx honours X-Accel-Buffering): each event leaves at once.
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.on_close = on_close
@@ -62,25 +67,76 @@ class ChatEventStream(EventStreamResponse):
             # which cancels the run where it waits; on_close then cancels what is left of it.
             await super().__call__(scope, receive, send)
         finally:
-            self.on_close()
+            # Here, not in the body's own finally: the body may never start (the client left
+            # first), and inside it a disconnect's cancel scope would cancel every cleanup await.
+            if self.on_close is not None:
+                await self.on_close()
 
 
-def stream_reply(request: Request, turns: ChatTurns, turn: Turn, run: StreamedRun, first: str | None) -> ChatEventStream:
+class StreamedTurn:
+    """A streamed run inside its conversation turn and key claim, both held until the stream ends.
+
+    The reply is recorded, the turn stored and the key's reply kept in one task that a client
+    leaving cannot cut in half (`commit`), before the `done` event; `close` then frees the
+    conversation and the key. A stream that ends any other way stores nothing and frees both.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        turns: ChatTurns,
+        turn: Turn,
+        run: StreamedRun,
+        held: AsyncExitStack,
+        conversation: Held,
+        claim: Claim,
+    ) -> None:
+        self.request, self.turns, self.turn, self.run = request, turns, turn, run
+        self._held, self._conversation, self._claim = held, conversation, claim
+        self._commit: asyncio.Task[ChatReply] | None = None
+
+    async def commit(self) -> ChatReply:
+        """Record the finished reply, store the turn, keep the key's reply; raises like `record`."""
+        self._commit = asyncio.create_task(self._committed())
+        return await asyncio.shield(self._commit)
+
+    async def _committed(self) -> ChatReply:
+        reply = self.run.reply
+        answer = await self.turns.record(self.request, self.turn, reply, record_id=self._claim.record_id)
+        await self._conversation.complete(reply.items)
+        await self._claim.finish(answer.model_dump_json(exclude_none=True))
+        return answer
+
+    async def close(self) -> None:
+        self.run.cancel()
+        self.turns.stream_ended(self.turn)
+        if self._commit is not None:  # a client that left mid-commit: let it end before freeing
+            await asyncio.wait([self._commit])
+        await self._held.aclose()
+
+
+def stream_reply(streamed: StreamedTurn, first: str | None) -> ChatEventStream:
     """The response of a run whose first delta (None: it answered without one) is already here."""
-
-    def close() -> None:
-        run.cancel()
-        turns.stream_ended(turn)
-
-    return ChatEventStream(_events(request, turns, turn, run, first), on_close=close)
+    return ChatEventStream(_events(streamed, first), on_close=streamed.close)
 
 
-async def _events(request: Request, turns: ChatTurns, turn: Turn, run: StreamedRun, delta: str | None) -> AsyncIterator[bytes]:
+def replay_reply(answer: ChatReply) -> ChatEventStream:
+    """A stored reply (an Idempotency-Key's retry): the whole text as one delta, then `done`."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield sse("delta", StreamDelta(text=answer.reply).model_dump_json())
+        yield sse("done", answer.model_dump_json(exclude_none=True))
+
+    return ChatEventStream(events())
+
+
+async def _events(streamed: StreamedTurn, delta: str | None) -> AsyncIterator[bytes]:
+    turns, run = streamed.turns, streamed.run
     try:
         while delta is not None:
             yield sse("delta", StreamDelta(text=delta).model_dump_json())
             delta = await run.next_delta()
-        answer = await turns.record(request, turn, run.reply)
+        answer = await streamed.commit()
     except LLMFailure as failure:
         yield _error(turns.failed(failure))
         return

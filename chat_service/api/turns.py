@@ -114,8 +114,9 @@ class ChatTurns:
         finally:
             self.metrics.llm_latency.observe(time.perf_counter() - started)
 
-    def stream(self, turn: Turn) -> StreamedRun:
-        """Start the run with streaming model calls; read it with `StreamedRun.next_delta()`."""
+    def stream(self, turn: Turn, history: Sequence[TResponseInputItem] = ()) -> StreamedRun:
+        """Start the run after the conversation's `history`, with streaming model calls; read it
+        with `StreamedRun.next_delta()`."""
         turn.started = time.perf_counter()
         return stream_agent(
             turn.agent,
@@ -125,6 +126,7 @@ class ChatTurns:
             deadline=self.settings.run_deadline,
             max_turns=self.settings.max_turns,
             tracing=self.llm.tracing,
+            history=history,
         )
 
     def stream_ended(self, turn: Turn) -> None:

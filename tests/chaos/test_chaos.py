@@ -32,6 +32,14 @@ def test_no_record_is_lost_or_counted_twice(report):
     assert (loss["lost"], loss["duplicated"], loss["mismatched"]) == (0, 0, {})
 
 
+def test_every_conversation_holds_its_turns_whole_and_in_order(report):
+    talks = report["conversation_check"]
+    assert talks["sessions"] >= 100 and talks["most_turns"] >= 3  # a few sessions per user, several turns each
+    assert talks["turns_200"] == report["loss_check"]["replies_200"]
+    broken = {k: talks[k] for k in ("half_written", "interleaved", "missing_turns", "extra_turns", "memory_wrong")}
+    assert broken == dict.fromkeys(broken, 0), talks["wrong"]
+
+
 def test_faults_cost_at_most_the_deadline(report):
     phases = report["phases"]
     healthy_p99 = phases["baseline"]["p99_ms"] / 1000

@@ -87,8 +87,12 @@ def message(user: str, text: str = "hi") -> dict[str, object]:
     return {"user_id": user, "text": text, "metadata": {"timestamp": "2025-04-06T12:00:00Z", "session_id": f"s-{user}"}}
 
 
-def stream(chat: ServiceProcess, body: dict[str, object]) -> tuple[httpx.Response, list[ServerSentEvent]]:
-    with httpx.Client(timeout=10) as client, connect_sse(client, "POST", chat.url + "/chat/stream", json=body) as source:
+def stream(chat: ServiceProcess, body: dict[str, object], key: str | None = None) -> tuple[httpx.Response, list[ServerSentEvent]]:
+    headers = {"Idempotency-Key": key} if key else {}
+    with (
+        httpx.Client(timeout=10) as client,
+        connect_sse(client, "POST", chat.url + "/chat/stream", json=body, headers=headers) as source,
+    ):
         if source.response.status_code != 200:
             source.response.read()
             return source.response, []
@@ -114,9 +118,11 @@ def test_the_reply_streams_as_deltas_then_done_carries_what_post_chat_answers(st
     stack.drained(stack.offline)
     response, events = stream(stack.offline, message(user))
     streamed = json.loads(events[-1].data)
-    # The same JSON as POST /chat/, apart from the reply's timestamp and the count (one more message now).
+    # The same JSON as POST /chat/, apart from the reply's timestamp and the counts (one more message now).
     assert messages_phrase(1) in posted["reply"]
     posted["reply"] = posted["reply"].replace(messages_phrase(1), messages_phrase(2))
+    # ... and the streamed message is the conversation's third (the stream's own turn was stored).
+    posted["reply"] = posted["reply"].replace("message 2 of this", "message 3 of this")
     assert posted["metadata"].pop("timestamp") and streamed["metadata"].pop("timestamp")
     assert streamed == posted
     assert set(posted) == {"user_id", "reply", "metadata"} and posted["metadata"] == {"session_id": f"s-{user}"}
@@ -213,3 +219,38 @@ def test_a_client_that_leaves_cancels_the_model_request_within_100_ms_and_nothin
     assert stack.counted(user) == 0
     metrics = httpx.get(stack.online.url + "/metrics", timeout=5).text
     assert "chat_llm_run_seconds_count" in metrics
+
+
+def turns_of(chat: ServiceProcess, user: str) -> list[str]:
+    response = httpx.get(f"{chat.url}/sessions/s-{user}", params={"user_id": user}, timeout=5)
+    return [] if response.status_code == 404 else [turn["text"] for turn in response.json()["turns"]]
+
+
+def test_a_streamed_conversation_remembers_and_a_retried_stream_replays(stack):
+    user = "stream-memory"
+    _, first = stream(stack.offline, message(user, "one"), key="memory-1")
+    _, second = stream(stack.offline, message(user, "two"))
+    assert "This is message 1 of this conversation." in json.loads(first[-1].data)["reply"]
+    assert "This is message 2 of this conversation." in json.loads(second[-1].data)["reply"]
+    _, replayed = stream(stack.offline, message(user, "one"), key="memory-1")
+    done = json.loads(first[-1].data)
+    assert [(e.event, json.loads(e.data)) for e in replayed] == [("delta", {"text": done["reply"]}), ("done", done)]
+    stack.drained(stack.offline)
+    assert stack.counted(user) == 2  # the replay ran no model and recorded nothing
+    assert turns_of(stack.offline, user) == ["one", "two"]
+
+
+def test_a_client_that_leaves_frees_its_conversation_at_once_and_stores_nothing(stack, model):
+    user = "stream-gone-session"
+    switch(model, mode="stall_mid")
+    sock = _open_stream(stack.online.port, message(user, "lost"))
+    sock.close()
+    wait_for(lambda: fake_stats(model)["streams_abandoned"] == 1, "the model's stream to be closed", timeout=5)
+    switch(model, mode="ok")
+    started = time.monotonic()
+    response, events = stream(stack.online, message(user, "next"))
+    assert response.status_code == 200 and events[-1].event == "done"  # not a 409, nor a wait for the lock's lease
+    assert time.monotonic() - started < 1.0
+    assert turns_of(stack.online, user) == ["next"]
+    stack.drained(stack.online)
+    assert stack.counted(user) == 1
