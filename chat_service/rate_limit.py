@@ -126,7 +126,10 @@ class RateLimiter:
     ) -> RateLimiter:
         pool = redis.ConnectionPool.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
         storage = RedisStorage(
-            "async+" + url, implementation="redispy", key_prefix=prefix, connection_pool=pool  # type: ignore[arg-type]
+            "async+" + url,
+            implementation="redispy",
+            key_prefix=prefix,
+            connection_pool=pool,  # type: ignore[arg-type]
         )
         log = get_logger("rate_limit")
 

@@ -123,9 +123,7 @@ def run_round(
         CHAT_ADMISSION__ENABLED=str(admission).lower(),
         **dict(setting.split("=", 1) for setting in [*args.set, *settings]),
     )
-    chat = ServiceProcess(
-        "chat_service.main:app", extra_args=("--loop", "uvloop"), log_path=work / f"chat-{n}.log", env=env
-    )
+    chat = ServiceProcess("chat_service.main:app", extra_args=("--loop", "uvloop"), log_path=work / f"chat-{n}.log", env=env)
     with chat:
         _capacity(chat.url, args.warmup, args.connections)
         capacity = _capacity(chat.url, args.capacity_seconds, args.connections)

@@ -46,6 +46,7 @@ class AdmissionMetrics:
             self.min_latency.set_function(lambda: limiter.min_latency or 0.0)
             self.loop_lag.set_function(lambda: limiter.loop_lag.last)
             return
+
         # Under --workers the scrape reads the values each worker wrote to its files: write them
         # on the loop-lag timer (40 times a second while requests come), and once now.
         def write() -> None:

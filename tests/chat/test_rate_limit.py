@@ -87,9 +87,7 @@ async def test_a_blackholed_redis_costs_a_chat_microseconds_once_the_breaker_ope
     host, port = REDIS_URL.removeprefix("redis://").split("/")[0].split(":")
     proxy = await FaultProxy((host, int(port))).start()
     policy = dataclasses.replace(REDIS_POLICY, breaker_reset=0.3)
-    limiter = RateLimiter.in_redis(
-        f"redis://127.0.0.1:{proxy.port}/0", 1, prefix=f"test-{uuid.uuid4().hex}", policy=policy
-    )
+    limiter = RateLimiter.in_redis(f"redis://127.0.0.1:{proxy.port}/0", 1, prefix=f"test-{uuid.uuid4().hex}", policy=policy)
     try:
         assert (await limiter.hit("u")).allowed
         proxy.set(Fault("blackhole"))

@@ -40,8 +40,7 @@ def raw_chat(port: int, user: str, text: str) -> socket.socket:
     body = json.dumps({"user_id": user, "text": text}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
-        b"POST /chat/ HTTP/1.1\r\nHost: chat\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
-        + body
+        b"POST /chat/ HTTP/1.1\r\nHost: chat\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
     return sock
 
