@@ -23,6 +23,7 @@ produces zero changes for the Messages API's types).
 
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 from typing import Any
 
@@ -38,6 +39,9 @@ CHECKED_VERSIONS = ("3.57.",)
 
 # create()'s keyword arguments that are request options, not body fields
 _OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout")
+# Every name create() takes: anything else goes to the stock create, which refuses it (TypeError)
+# instead of sending it to the provider as a body field.
+_KNOWN = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {"self"}
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -58,7 +62,7 @@ class LeanCompletions(AsyncCompletions):
     async def create(self, **params: Any) -> Any:
         options = {name: params.pop(name) for name in _OPTIONS if name in params}
         body = {key: value for key, value in params.items() if not isinstance(value, (openai.NotGiven, openai.Omit))}
-        if "messages" not in body or "model" not in body or not plain_json(body):
+        if "messages" not in body or "model" not in body or not params.keys() <= _KNOWN or not plain_json(body):
             return await super().create(**params, **options)
         validate_response_format(params.get("response_format", openai.omit))
         stream = body.get("stream")

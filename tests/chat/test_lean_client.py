@@ -184,6 +184,15 @@ async def test_a_pydantic_response_format_is_refused_as_by_the_sdk():
     await client.close()
 
 
+async def test_an_unknown_argument_is_refused_as_by_the_sdk_not_sent():
+    recorder = Recorder()
+    client = _client(LeanAsyncOpenAI, recorder)
+    with pytest.raises(TypeError, match="temprature"):
+        await client.chat.completions.create(model="m", messages=[], temprature=0.5)  # type: ignore[call-overload]
+    assert not recorder.requests
+    await client.close()
+
+
 async def test_the_agents_sdk_model_sends_the_same_request_on_the_lean_client():
     """The way chat uses it: the Agents SDK's chat-completions model with our tools."""
     tools = [function_tool(get_current_time), function_tool(get_user_analytics)]
