@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 import uuid
 
@@ -71,3 +72,46 @@ def test_a_redis_store_that_dies_costs_the_history_not_the_chat(make_stack, tmp_
     assert stack.logs().count("session_store_failed") == 1  # once per outage, not once per chat
     metrics = httpx.get(stack.chat.url + "/metrics", timeout=5).text
     assert 'chat_session_store_failures_total{operation="open",reason="breaker_open"}' in metrics
+
+
+def test_a_chat_killed_mid_conversation_leaves_every_turn_whole_and_in_order(make_stack):
+    """SIGKILL while 12 conversations are being written: each keeps whole turns, in order, and
+    exactly the turns whose reply was sent (plus at most one committed whose 200 the kill cut off)."""
+    stack = make_stack()
+    conversations = [(f"talker{n}", f"talk-{n}") for n in range(12)]
+    answered = dict.fromkeys(conversations, 0)
+    cut_off = threading.Event()
+
+    def talk(user: str, session: str) -> None:
+        with httpx.Client(timeout=10) as http:
+            while True:
+                body = {"user_id": user, "text": f"turn {answered[user, session] + 1}", "metadata": {"session_id": session}}
+                try:
+                    response = http.post(stack.chat.url + "/chat/", json=body)
+                except httpx.TransportError:
+                    cut_off.set()
+                    return  # chat died under this request
+                assert response.status_code == 200, response.text
+                answered[user, session] += 1
+
+    talkers = [threading.Thread(target=talk, args=pair) for pair in conversations]
+    for thread in talkers:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while min(answered.values()) < 3:  # every conversation is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stack.chat.kill()
+    for thread in talkers:
+        thread.join(15)
+    assert cut_off.is_set()
+    stack.chat.start()  # the same files: outbox and conversations
+
+    for user, session in conversations:
+        response = httpx.get(f"{stack.chat.url}/sessions/{session}", params={"user_id": user}, timeout=5)
+        turns = response.json()["turns"]
+        texts = [turn["text"] for turn in turns]
+        assert texts == [f"turn {n}" for n in range(1, len(turns) + 1)], texts  # nothing interleaved, lost or doubled
+        assert len(turns) - answered[user, session] in (0, 1), (len(turns), answered[user, session])
+        for n, turn in enumerate(turns, start=1):  # no half-written turn: each has its own reply
+            assert f"This is message {n} of this conversation." in turn["reply"], turn
