@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from servicekit.logging import get_logger
 
 from ._backend import Backend
 from ._guarded import Guarded, StoreUnavailable
-from ._keys import conversation_key
+from ._keys import conversation_key, holder_token
 
 log = get_logger("sessions")
 TURN_AT = "_turn_at"  # set on a turn's user item in the store; removed before the model sees it
@@ -140,7 +139,7 @@ class Conversations:
     async def _open(self, key: str, deadline: float) -> Turn:
         """Take the shared lock and read the history in one store call (polled until `deadline`)."""
         backend = self.backend
-        token = uuid.uuid4().hex
+        token = holder_token()
         if backend is None:
             return Turn([], self, key, token, 0, False, closed=True)
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from types import TracebackType
 from typing import Any
 
@@ -12,7 +11,7 @@ from fastapi import HTTPException
 from ._backend import IdempotencyRecord
 from ._conversations import Conversations
 from ._guarded import StoreUnavailable, past_cancellation
-from ._keys import fingerprint, idempotency_key, record_id
+from ._keys import fingerprint, holder_token, idempotency_key, record_id
 
 
 class KeyInFlight(HTTPException):
@@ -83,7 +82,7 @@ async def begin(conversations: Conversations, user_id: str, key: str | None, bod
     if key is None:
         return Claim(None, None, "", None)
     store_key = idempotency_key(user_id, key)
-    claim = Claim(conversations, store_key, uuid.uuid4().hex, record_id(user_id, key))
+    claim = Claim(conversations, store_key, holder_token(), record_id(user_id, key))
     backend = conversations.backend
     if backend is None:
         return claim

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import uuid
 from typing import Any
 
 
@@ -25,3 +28,24 @@ def fingerprint(body: dict[str, Any]) -> str:
 def record_id(user_id: str, key: str) -> str:
     """The analytics record id of a keyed chat: the same on every replica, so a retry is counted once."""
     return "idem-" + hashlib.sha256(idempotency_key(user_id, key).encode()).hexdigest()[:40]
+
+
+def holder_token() -> str:
+    """A lock's or a claim's token: host and pid first, so a store on this host can tell when its
+    holder was killed and free it at once instead of waiting out the lease."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex}"
+
+
+def holder_is_gone(token: str) -> bool:
+    """True only when `token`'s holder was a process on this host that no longer runs."""
+    host, _, rest = token.partition("/")
+    pid, _, _ = rest.partition("/")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False

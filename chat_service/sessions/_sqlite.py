@@ -34,6 +34,7 @@ from agents.memory.session import SessionABC
 from servicekit.logging import get_logger
 
 from ._backend import IdempotencyRecord
+from ._keys import holder_is_gone
 
 T = TypeVar("T")
 log = get_logger("sessions")
@@ -164,7 +165,7 @@ class SqliteBackend:
                 "WHERE conversation_locks.expires_at < ? RETURNING token",
                 (key, token, now + lease, now),
             ).fetchone()
-            if row is None:
+            if row is None and not _took_over(db, "conversation_locks", key, token, now + lease):
                 return None
             return _read(db, key, self._settings.limit)
 
@@ -195,6 +196,9 @@ class SqliteBackend:
                 (key, record.token, record.fingerprint, now + lease, now),
             ).fetchone()
             if row is not None:
+                return None
+            if _took_over(db, "idempotency_keys", key, record.token, now + lease, running_only=True):
+                db.execute("UPDATE idempotency_keys SET fingerprint = ? WHERE key = ?", (record.fingerprint, key))
                 return None
             token, fingerprint, reply = db.execute(
                 "SELECT token, fingerprint, reply FROM idempotency_keys WHERE key = ?", (key,)
@@ -265,3 +269,16 @@ def _trim(db: sqlite3.Connection, key: str, keep: int) -> None:
         "(SELECT id FROM conversation_items WHERE session_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
         (key, key, keep),
     )
+
+
+def _took_over(
+    db: sqlite3.Connection, table: str, key: str, token: str, expires_at: float, *, running_only: bool = False
+) -> bool:
+    """Take `key`'s row in `table` when its holder was a process on this host that is gone (SIGKILL, OOM):
+    its conversation or key is free now, not when the lease runs out. A finished key's reply is kept."""
+    finished = " AND reply IS NULL" if running_only else ""
+    row = db.execute(f"SELECT token FROM {table} WHERE key = ?{finished}", (key,)).fetchone()
+    if row is None or not holder_is_gone(row[0]):
+        return False
+    db.execute(f"UPDATE {table} SET token = ?, expires_at = ? WHERE key = ? AND token = ?", (token, expires_at, key, row[0]))
+    return True

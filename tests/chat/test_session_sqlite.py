@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 
 from chat_service.sessions._conversations import CLOSE_RETRIES, Conversations
 from chat_service.sessions._guarded import Guarded
-from chat_service.sessions._keys import conversation_key
+from chat_service.sessions._backend import IdempotencyRecord
+from chat_service.sessions._keys import conversation_key, holder_is_gone, holder_token
 from chat_service.sessions._sqlite import SqliteBackend
 
 TURN = [{"role": "user", "content": "hi"}, {"role": "assistant", "type": "message", "content": "hello"}]
@@ -53,6 +57,39 @@ async def test_a_close_after_another_run_took_the_expired_lease_writes_nothing(t
         assert await backend.session(key).get_items() == []
         await backend.close_turn(key, "next-run", list(TURN), None)
         assert len(await backend.session(key).get_items()) == 2
+    finally:
+        await backend.close()
+
+
+def _gone_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+async def test_a_lock_or_running_key_of_a_killed_process_on_this_host_is_free_at_once(tmp_path):
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", max_items=100, ttl=3600, timeout=0.5)
+    await backend.start()
+    key = conversation_key("alice", "s-1")
+    dead = f"{socket.gethostname()}/{_gone_pid()}/run"
+    elsewhere = f"other-host/{_gone_pid()}/run"
+    try:
+        assert holder_is_gone(dead) and not holder_is_gone(elsewhere) and not holder_is_gone(holder_token())
+        assert await backend.open_turn(key, dead, 60.0) == []
+        assert await backend.open_turn(key, holder_token(), 60.0) == []  # taken over, not a 60 s wait
+        other = conversation_key("bob", "s-1")
+        assert await backend.open_turn(other, elsewhere, 60.0) == []
+        assert await backend.open_turn(other, holder_token(), 60.0) is None  # another host's: its lease decides
+
+        running = IdempotencyRecord(dead, "body-1", None)
+        assert await backend.claim("k1", running, 60.0) is None
+        assert await backend.claim("k1", IdempotencyRecord(holder_token(), "body-2", None), 60.0) is None  # ours now
+        await backend.finish("k1", dead, "never", 60.0)  # the dead holder's token no longer matches
+        done = IdempotencyRecord(dead, "body-3", None)
+        assert await backend.claim("k2", done, 60.0) is None
+        await backend.finish("k2", dead, '{"reply": "kept"}', 60.0)
+        replay = await backend.claim("k2", IdempotencyRecord(holder_token(), "body-3", None), 60.0)
+        assert replay is not None and replay.reply == '{"reply": "kept"}'  # a finished reply outlives its holder
     finally:
         await backend.close()
 

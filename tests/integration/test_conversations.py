@@ -115,3 +115,10 @@ def test_a_chat_killed_mid_conversation_leaves_every_turn_whole_and_in_order(mak
         assert len(turns) - answered[user, session] in (0, 1), (len(turns), answered[user, session])
         for n, turn in enumerate(turns, start=1):  # no half-written turn: each has its own reply
             assert f"This is message {n} of this conversation." in turn["reply"], turn
+        # The killed process's locks are freed at once, not after their lease: the conversation goes on.
+        started = time.monotonic()
+        body = {"user_id": user, "text": "after", "metadata": {"session_id": session}}
+        after = httpx.post(stack.chat.url + "/chat/", json=body, timeout=10)
+        assert after.status_code == 200, after.text
+        assert f"This is message {len(turns) + 1} of this conversation." in after.json()["reply"]
+        assert time.monotonic() - started < 2
