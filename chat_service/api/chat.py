@@ -52,17 +52,20 @@ async def chat(
     idempotency_key: IdempotencyKey = None,
 ) -> ChatReply:
     """Answer a message in its conversation, personalized with how many messages the user sent."""
-    turn = await turns.begin(message, caller)
+    turns.check(message, caller)
     user_id = message.user_id  # the token's subject when auth is on
-    # A retry of a keyed request answers the stored reply: no model run, no second record.
+    # A retry of a keyed request answers the stored reply: no model run, no second record, and
+    # no rate limit, analytics read or outbox space spent on it.
     claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
     if claim.replay is not None:
         return ChatReply.model_validate_json(claim.replay)
-    # One run at a time per conversation; the turn is stored only if the reply completes.
-    async with claim, conversations.turn(user_id, message.conversation_id) as held:
-        reply = await turns.run(turn, history=held.history)
-        answer = await turns.record(request, turn, reply, record_id=claim.record_id)
-        await held.complete(reply.items)
+    async with claim:  # a refusal below frees the key
+        turn = await turns.begin(message)
+        # One run at a time per conversation; the turn is stored only if the reply completes.
+        async with conversations.turn(user_id, message.conversation_id) as held:
+            reply = await turns.run(turn, history=held.history)
+            answer = await turns.record(request, turn, reply, record_id=claim.record_id)
+            await held.complete(reply.items)
         await claim.finish(answer.model_dump_json(exclude_none=True))
     return answer
 
@@ -90,7 +93,7 @@ async def chat_stream(
     idempotency_key: IdempotencyKey = None,
 ) -> EventStreamResponse:
     """Answer a message in its conversation as server-sent events; errors before the first piece are plain JSON."""
-    turn = await turns.begin(message, caller)
+    turns.check(message, caller)
     user_id = message.user_id  # the token's subject when auth is on
     claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
     if claim.replay is not None:
@@ -99,6 +102,7 @@ async def chat_stream(
     held = AsyncExitStack()
     try:
         await held.enter_async_context(claim)
+        turn = await turns.begin(message)
         conversation = await held.enter_async_context(conversations.turn(user_id, message.conversation_id))
         run = turns.stream(turn, history=conversation.history)
         try:

@@ -2,7 +2,8 @@
 
 `POST /chat/` and `POST /chat/stream` differ only in how the run's reply reaches the client:
 
-    turn = await turns.begin(message, caller)   # auth, text, outbox, rate limit, count
+    turns.check(message, caller)                # auth, text
+    turn = await turns.begin(message)           # outbox, rate limit, count
     reply = await turns.run(turn)                         # or turns.stream(turn), step by step
     answer = await turns.record(request, turn, reply)     # commit, outbox, deliverer, metrics
 """
@@ -73,14 +74,19 @@ class ChatTurns:
         self.deliverer: Deliverer = state.deliverer
         self.limiter: RateLimiter | None = state.rate_limiter
 
-    async def begin(self, message: ChatMessage, caller: Caller | None) -> Turn:
-        """The checks before any model time is spent; each refusal is an HTTPException."""
+    def check(self, message: ChatMessage, caller: Caller | None) -> None:
+        """Who may send it and whether it can be answered at all; each refusal is an HTTPException."""
         user_id = acting_user(caller, message.user_id)
         if not message.text.strip():
             raise HTTPException(400, "Message text cannot be empty")
         if len(message.text) > self.settings.max_text_chars:
             raise _text_too_long(self.settings.max_text_chars)
         structlog.contextvars.bind_contextvars(user_id=user_id)
+
+    async def begin(self, message: ChatMessage) -> Turn:
+        """The checks before any model time is spent (after `check`, and after a keyed retry's
+        stored reply was looked for: a replay spends none of them); each refusal is an HTTPException."""
+        user_id = message.user_id
         if not self.outbox.accepting:  # refuse before the model runs: its answer could not be recorded
             raise self.outbox_refused(self.outbox.reason)
         if self.limiter is not None:

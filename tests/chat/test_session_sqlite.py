@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
+from chat_service.sessions._backend import IdempotencyRecord
 from chat_service.sessions._conversations import CLOSE_RETRIES, Conversations
 from chat_service.sessions._guarded import Guarded
-from chat_service.sessions._backend import IdempotencyRecord
 from chat_service.sessions._keys import conversation_key, holder_is_gone, holder_token
 from chat_service.sessions._sqlite import SqliteBackend
 

@@ -139,6 +139,19 @@ async def test_a_retried_post_answers_the_stored_reply_and_counts_once(chat, ana
     assert bob.status_code == 200 and bob.json()["user_id"] == "bob"
 
 
+async def test_a_retry_gets_its_stored_reply_even_past_the_rate_limit_and_a_refused_first_try_frees_its_key(
+    chat_with, analytics_transport
+):
+    async with chat_with(analytics_transport, rate_limit_per_minute=1) as chat:
+        first = await chat.post("/chat/", json=say("alice", "once"), headers={"Idempotency-Key": "paid"})
+        retried = await chat.post("/chat/", json=say("alice", "once"), headers={"Idempotency-Key": "paid"})
+        assert first.status_code == retried.status_code == 200 and retried.json() == first.json()
+        refused = await chat.post("/chat/", json=say("alice", "more"), headers={"Idempotency-Key": "later"})
+        assert refused.status_code == 429
+        again = await chat.post("/chat/", json=say("alice", "more"), headers={"Idempotency-Key": "later"})
+        assert again.status_code == 429  # the refusal freed the key: not a 409 "still running"
+
+
 async def test_a_key_still_running_is_409_and_a_failed_run_frees_it(chat_with, analytics_transport, models):
     primary, _ = models
     primary.switch(think=0.6)
