@@ -14,10 +14,10 @@ it without changing semantics; this project is on 3.11.
 functions listed in `_SAFE` *and* its arguments make it a known no-op (a user's hook override,
 a callable `instructions`, a dynamic prompt, a callable `is_enabled` or a non-empty list of calls
 all have other code or fail the check, so the whole gather goes to the SDK's function, as
-before). Each eager step runs in a copy of the context, as a task's would; a step that
-suspends after all (an SDK change) continues in a task of its own, and any error or pending
-step hands the lot to the SDK's function as finished futures and tasks, so failure handling
-stays the SDK's. Installed only on the SDK versions it was checked against;
+before). Nothing to gather (no handoffs) answers `()` at once. Each eager step runs in a copy
+of the context, as a task's would; a step that suspends after all (an SDK change) continues in
+a task of its own, and any error or pending step hands the lot to the SDK's function as
+finished futures and tasks, so failure handling stays the SDK's. Installed only on the SDK versions it was checked against;
 `tests/chat/test_sdk_gather.py` fails on any other until the list is re-checked.
 """
 
@@ -148,7 +148,10 @@ async def gather_with_cancel(
     on_child_failure: Callable[[BaseException], None] | None = None,
 ) -> tuple[Any, ...]:
     """The SDK's `gather_with_cancel`, without tasks when every awaitable is a known no-op."""
-    if not awaitables or not all(eager_safe(awaitable) for awaitable in awaitables):
+    if not awaitables:
+        # The SDK's answer too, minus its trip round the loop (it waits on a finished gather).
+        return ()
+    if not all(eager_safe(awaitable) for awaitable in awaitables):
         return await _sdk_gather(*awaitables, on_child_failure=on_child_failure)
     loop = asyncio.get_running_loop()
     futures = [_step(awaitable, loop) for awaitable in awaitables]  # type: ignore[arg-type]
