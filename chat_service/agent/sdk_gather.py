@@ -8,8 +8,8 @@ awaitable: ~21 tasks for a one-turn run of our agent, plus a gather future and a
 finishes without ever suspending (the default `RunHooks` methods are empty, our instructions
 are a string, our tools' `is_enabled` is `True`, there are no shell or computer calls). That
 churn is ~95 us of a ~435 us run (a one-turn run against the offline model under uvloop,
-measured: 432-440 us with the SDK's gather, 337 us with this one). Python 3.12's `asyncio.eager_task_factory` removes
-it without changing semantics; this project is on 3.11.
+measured: 432-440 us with the SDK's gather, 337 us with this one). Python 3.12's
+`asyncio.eager_task_factory` removes it without changing semantics; this project is on 3.11.
 
 `gather_with_cancel` here steps a coroutine eagerly only when its code is one of the SDK's own
 functions listed in `_SAFE` *and* its arguments make it a known no-op (a user's hook override,
