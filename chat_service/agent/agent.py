@@ -7,7 +7,7 @@ import copy
 from agents import Agent, Model, function_tool
 from opentelemetry.trace import Tracer
 
-from . import sdk_shims
+from . import sdk_gather, sdk_shims
 from .tools import ChatContext, get_current_time, get_user_analytics
 from .tracing import traced_tool
 from .wording import messages_phrase
@@ -22,6 +22,7 @@ BASE_INSTRUCTIONS = (
 def build_agent(model: Model, *, tracer: Tracer | None = None) -> Agent[ChatContext]:
     """The shared agent; with a `tracer`, each tool call is an `execute_tool` span."""
     sdk_shims.install()  # the SDK's per-run agent fingerprint, skipped where it cannot matter
+    sdk_gather.install()  # and its tasks for no-op hooks and checks
     return Agent[ChatContext](
         name="ChatAgent",
         instructions=BASE_INSTRUCTIONS,
