@@ -186,9 +186,7 @@ def model_path(analytics: ServiceProcess, work: Path, args: argparse.Namespace) 
                 analytics.url,
                 work / "outbox-model.sqlite3",
                 CHAT_LOG_LEVEL="WARNING",
-                CHAT_LLM_PROVIDER="openai",
-                OPENAI_API_KEY="sk-bench",
-                OPENAI_BASE_URL=model.url + "/v1",
+                model_url=model.url,
                 CHAT_LLM_MAX_CONCURRENCY=str(args.model_connections),
             ),
         )

@@ -100,9 +100,7 @@ def main() -> None:
             analytics.url,
             work / "online.sqlite3",
             CHAT_LOG_LEVEL="WARNING",
-            CHAT_LLM_PROVIDER="openai",
-            OPENAI_API_KEY="sk-bench",
-            OPENAI_BASE_URL=model.url + "/v1",
+            model_url=model.url,
             CHAT_MODEL="fake",
         )
         online = ServiceProcess("chat_service.main:app", log_path=work / "online.log", env=online_env, extra_args=LOOP_FLAGS)

@@ -182,11 +182,18 @@ def analytics_env(database_url: str, **extra: str) -> dict[str, str]:
     return {"ANALYTICS_DATABASE_URL": database_url, "ANALYTICS_LOG_FORMAT": "json", **extra}
 
 
-def chat_env(analytics_url: str, outbox_path: str | Path, **extra: str) -> dict[str, str]:
+def chat_env(analytics_url: str, outbox_path: str | Path, *, model_url: str | None = None, **extra: str) -> dict[str, str]:
+    """Chat's environment: the offline model, or with `model_url` the OpenAI-compatible server there
+    (a fake one the caller started; its API lives under /v1)."""
+    model = (
+        {"CHAT_LLM_PROVIDER": "offline"}
+        if model_url is None
+        else {"CHAT_LLM_PROVIDER": "openai", "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": model_url + "/v1"}
+    )
     return {
         "CHAT_ANALYTICS_URL": analytics_url,
         "CHAT_OUTBOX_PATH": str(outbox_path),
         "CHAT_LOG_FORMAT": "json",
-        "CHAT_LLM_PROVIDER": "offline",
+        **model,
         **extra,
     }

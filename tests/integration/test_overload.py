@@ -77,9 +77,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         env = chat_env(
             analytics.url,
             work / "outbox.sqlite3",
-            CHAT_LLM_PROVIDER="openai",
-            OPENAI_API_KEY="sk-test",
-            OPENAI_BASE_URL=model.url + "/v1",
+            model_url=model.url,
             CHAT_MODEL="slow",
             CHAT_LLM_TIMEOUT="30",
             CHAT_LLM_POLICY__ATTEMPTS="1",

@@ -60,9 +60,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         online_env = chat_env(
             analytics.url,
             work / "online.sqlite3",
-            CHAT_LLM_PROVIDER="openai",
-            OPENAI_API_KEY="sk-test",
-            OPENAI_BASE_URL=model.url + "/v1",
+            model_url=model.url,
             CHAT_MODEL="fake",
             CHAT_LLM_POLICY__ATTEMPTS="1",
             CHAT_RUN_DEADLINE=str(RUN_DEADLINE),
