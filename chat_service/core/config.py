@@ -30,6 +30,7 @@ from ..auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, HMAC_MIN_BYTES
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+_TIMEOUT_FIELDS = {"connect_timeout", "read_timeout", "write_timeout", "pool_timeout"}
 OptionalSeconds = Annotated[float | None, BeforeValidator(empty_is_unset), Field(gt=0)]
 
 
@@ -58,25 +59,9 @@ class PolicySettings(BaseModel):
     hedge_delay: OptionalSeconds = Field(None, description="Start a second copy of a call unanswered this long; off when unset")
 
     def to_policy(self) -> Policy:
-        return Policy(
-            deadline=self.deadline,
-            timeouts=Timeouts(self.connect_timeout, self.read_timeout, self.write_timeout, self.pool_timeout),
-            attempts=self.attempts,
-            backoff_initial=self.backoff_initial,
-            backoff_max=self.backoff_max,
-            retry_after_max=self.retry_after_max,
-            breaker_mode=self.breaker_mode,
-            breaker_failures=self.breaker_failures,
-            breaker_window=self.breaker_window,
-            breaker_min_calls=self.breaker_min_calls,
-            breaker_failure_rate=self.breaker_failure_rate,
-            breaker_reset=self.breaker_reset,
-            budget_ratio=self.budget_ratio,
-            budget_reserve=self.budget_reserve,
-            budget_refill_per_second=self.budget_refill_per_second,
-            bulkhead=self.bulkhead,
-            hedge_delay=self.hedge_delay,
-        )
+        # Every other field is named as Policy names it.
+        timeouts = Timeouts(self.connect_timeout, self.read_timeout, self.write_timeout, self.pool_timeout)
+        return Policy(timeouts=timeouts, **self.model_dump(exclude=_TIMEOUT_FIELDS))
 
 
 class AdmissionSettings(BaseModel):
@@ -145,20 +130,8 @@ class ModelPolicySettings(BaseModel):
             timeouts=Timeouts(
                 connect=min(5.0, attempt_timeout), read=attempt_timeout, write=attempt_timeout, pool=attempt_timeout
             ),
-            attempts=self.attempts,
-            backoff_initial=self.backoff_initial,
-            backoff_max=self.backoff_max,
-            retry_after_max=self.retry_after_max,
-            breaker_mode=self.breaker_mode,
-            breaker_failures=self.breaker_failures,
-            breaker_window=self.breaker_window,
-            breaker_min_calls=self.breaker_min_calls,
-            breaker_failure_rate=self.breaker_failure_rate,
-            breaker_reset=self.breaker_reset,
-            budget_ratio=self.budget_ratio,
-            budget_reserve=self.budget_reserve,
-            budget_refill_per_second=self.budget_refill_per_second,
             bulkhead=concurrency,
+            **self.model_dump(),  # every field is named as Policy names it
         )
 
 
