@@ -175,14 +175,14 @@ class Conversations:
     async def _close_later(
         self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
     ) -> None:
-        for delay in CLOSE_RETRIES:
+        for tries, delay in enumerate(CLOSE_RETRIES, start=1):
             await asyncio.sleep(delay)
             try:
                 async with asyncio.timeout(self.guarded.timeout):
                     await backend.close_turn(key, token, items, trim_to)
             except Exception:
                 continue
-            log.info("session_turn_closed_late", stored=bool(items), after_tries=CLOSE_RETRIES.index(delay) + 1)
+            log.info("session_turn_closed_late", stored=bool(items), after_tries=tries)
             return
         log.warning("session_turn_not_closed", stored=False, lease_frees_it=True)
 
