@@ -7,6 +7,7 @@ from agents.memory import SessionSettings
 from redis.asyncio import Redis
 
 from ._backend import ComposedTurns, IdempotencyRecord
+from ._turns import keep_from, starts_turn_json
 
 _PREFIX = "chat:session"
 # Compare-and-delete and compare-and-set: only the holder of the token may release or finish.
@@ -24,9 +25,9 @@ _FINISH = (
 class RedisBackend(ComposedTurns):
     name = "redis"
 
-    def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
+    def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         self._redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._settings = SessionSettings(limit=max_items)
+        self._settings = SessionSettings()  # no limit: a read takes every item, and trimming bounds them
         self._ttl = max(1, round(ttl))
         self._unlock = self._redis.register_script(_UNLOCK)
         self._release = self._redis.register_script(_RELEASE)
@@ -42,7 +43,13 @@ class RedisBackend(ComposedTurns):
         return RedisSession(key, redis_client=self._redis, key_prefix=_PREFIX, ttl=self._ttl, session_settings=self._settings)
 
     async def trim(self, key: str, keep: int) -> None:
-        await self._redis.ltrim(f"{_PREFIX}:{key}:messages", -keep, -1)
+        # Two calls, not one script: the conversation's lock is held, so nothing else trims it
+        # meanwhile, and an index counted from the head stays right if an item is appended.
+        name = f"{_PREFIX}:{key}:messages"
+        raw: list[bytes | str] = await self._redis.lrange(name, 0, -1)
+        first = keep_from([starts_turn_json(item) for item in raw], keep)
+        if first:
+            await self._redis.ltrim(name, first, -1)  # past the end: the list is emptied (deleted)
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         return bool(await self._redis.set(f"chat:lock:{key}", token, nx=True, px=_ms(lease)))
