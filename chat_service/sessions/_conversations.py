@@ -140,7 +140,11 @@ class Conversations:
                 if time.monotonic() >= deadline:
                     raise Busy()
                 await asyncio.sleep(_POLL)
-        except StoreUnavailable:
+        except StoreUnavailable as failure:
+            if failure.reason != "breaker_open":
+                # The take may have been applied and only its reply lost (a timeout, a reset): free
+                # our token, or the conversation would answer 409 until the lease runs out.
+                self._close_later_in_background(backend, key, token, None, None)
             # Without the store, the in-process lock is all there is: the chat still answers.
             return Turn([], self, key, token, 0, False, closed=True)
         # The store holds whole turns already; this also mends one trimmed mid-turn by an older
@@ -159,19 +163,26 @@ class Conversations:
 
         def after(done: asyncio.Future[None]) -> None:  # also when the request was cancelled meanwhile
             if not done.cancelled() and done.exception() is not None:  # counted and logged by `guarded`
-                retry = asyncio.ensure_future(self._close_later(backend, key, token, items, trim_to))
-                self._retries.add(retry)
-                retry.add_done_callback(self._retries.discard)
+                self._close_later_in_background(backend, key, token, items, trim_to)
 
         first.add_done_callback(after)
         with contextlib.suppress(StoreUnavailable):  # the reply still goes out; `after` tries again
             await asyncio.shield(first)  # a cancelled request still frees its conversation
+
+    def _close_later_in_background(
+        self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
+    ) -> None:
+        retry = asyncio.ensure_future(self._close_later(backend, key, token, items, trim_to))
+        self._retries.add(retry)
+        retry.add_done_callback(self._retries.discard)
 
     async def _close_later(
         self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
     ) -> None:
         for tries, delay in enumerate(CLOSE_RETRIES, start=1):
             await asyncio.sleep(delay)
+            if items is None and self.guarded.breaker.state == "open":
+                break  # only a lock to free, and the store is down: its lease frees it, and shutdown need not wait
             try:
                 async with asyncio.timeout(self.guarded.timeout):
                     await backend.close_turn(key, token, items, trim_to)

@@ -135,7 +135,10 @@ class SqlBackend(ComposedTurns):
         statement = (
             insert(_LOCKS)
             .values(key=key, **values)
-            .on_conflict_do_update(index_elements=["key"], set_=values, where=_LOCKS.c.expires_at < now)
+            # Or ours already: the retry of a take whose reply was lost is not locked out by itself.
+            .on_conflict_do_update(
+                index_elements=["key"], set_=values, where=(_LOCKS.c.expires_at < now) | (_LOCKS.c.token == token)
+            )
             .returning(_LOCKS.c.token)
         )
         async with self._engine.begin() as connection:
@@ -153,7 +156,11 @@ class SqlBackend(ComposedTurns):
         statement = (
             insert(_IDEMPOTENCY)
             .values(key=key, **values)
-            .on_conflict_do_update(index_elements=["key"], set_=values, where=_IDEMPOTENCY.c.expires_at < now)
+            .on_conflict_do_update(
+                index_elements=["key"],
+                set_=values,
+                where=(_IDEMPOTENCY.c.expires_at < now) | (_IDEMPOTENCY.c.token == record.token),
+            )
             .returning(_IDEMPOTENCY.c.token)
         )
         async with self._engine.begin() as connection:

@@ -163,7 +163,7 @@ class SqliteBackend:
             row = db.execute(
                 "INSERT INTO conversation_locks (key, token, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
-                "WHERE conversation_locks.expires_at < ? RETURNING token",
+                "WHERE conversation_locks.expires_at < ? OR conversation_locks.token = excluded.token RETURNING token",
                 (key, token, now + lease, now),
             ).fetchone()
             if row is None and not _took_over(db, "conversation_locks", key, token, now + lease):
@@ -193,7 +193,8 @@ class SqliteBackend:
             row = db.execute(
                 "INSERT INTO idempotency_keys (key, token, fingerprint, reply, expires_at) VALUES (?, ?, ?, NULL, ?) "
                 "ON CONFLICT (key) DO UPDATE SET token = excluded.token, fingerprint = excluded.fingerprint, reply = NULL, "
-                "expires_at = excluded.expires_at WHERE idempotency_keys.expires_at < ? RETURNING token",
+                "expires_at = excluded.expires_at "
+                "WHERE idempotency_keys.expires_at < ? OR idempotency_keys.token = excluded.token RETURNING token",
                 (key, record.token, record.fingerprint, now + lease, now),
             ).fetchone()
             if row is not None:

@@ -1,19 +1,22 @@
-"""Whole turns on every conversation store (real SQLite, PostgreSQL, Redis)."""
+"""Whole turns and idempotent lock takes on every conversation store (real SQLite, PostgreSQL, Redis)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from chat_service.sessions._backend import Backend
+from chat_service.sessions._backend import Backend, IdempotencyRecord
 from chat_service.sessions._conversations import Conversations
 from chat_service.sessions._guarded import Guarded
 from chat_service.sessions._keys import conversation_key
 from chat_service.sessions._open import make_backend
+from load_tests.faultproxy import Fault, FaultProxy
 
+from ..conftest import REDIS_URL
 from .conftest import running_chat
 from .test_sessions import say
 
@@ -94,6 +97,56 @@ async def test_trimming_drops_whole_turns_and_keeps_every_turn_that_fits(backend
     assert plain(await backend.session(key).get_items()) == expected  # two whole turns fit: both kept
     assert await history(conversations, user) == expected
     assert [view.text for view in await conversations.turns(user, "s-1")] == ["bye", "back"]
+
+
+async def test_taking_a_lock_again_with_the_same_token_succeeds_and_with_another_fails(backend):
+    key = conversation_key(f"u-{uuid.uuid4().hex[:8]}", "s-1")
+    assert await backend.open_turn(key, "run-1", 30.0) == []
+    # The first take's reply was lost (say a timeout after the store applied it): the retry is ours.
+    assert await backend.open_turn(key, "run-1", 30.0) == []
+    assert await backend.open_turn(key, "run-2", 30.0) is None
+    await backend.close_turn(key, "run-1", None, None)
+    assert await backend.open_turn(key, "run-2", 30.0) == []
+    await backend.close_turn(key, "run-2", None, None)
+
+
+async def test_claiming_a_key_again_with_the_same_token_succeeds_and_with_another_finds_it(backend):
+    key = f"1:u:{uuid.uuid4().hex}"
+    mine = IdempotencyRecord("run-1", "body")
+    assert await backend.claim(key, mine, 30.0) is None
+    assert await backend.claim(key, mine, 30.0) is None  # a retried claim whose reply was lost: still ours
+    assert await backend.claim(key, IdempotencyRecord("run-2", "body"), 30.0) == mine
+    await backend.release(key, "run-1")
+
+
+@pytest.fixture
+async def redis_behind_proxy() -> AsyncIterator[tuple[FaultProxy, Conversations]]:
+    """Conversations on the real Redis through a fault proxy; socket timeout 0.3 s."""
+    host, port = REDIS_URL.removeprefix("redis://").split("/")[0].split(":")
+    proxy = await FaultProxy((host, int(port))).start()
+    backend = make_backend(f"redis://127.0.0.1:{proxy.port}/0", ttl=3600, timeout=0.3)
+    conversations = conversations_on(backend)
+    try:
+        yield proxy, conversations
+    finally:
+        await conversations.drain()
+        await backend.close()
+        await proxy.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("fault", [Fault("cut", 1.0), Fault("latency", 1.0)], ids=["reply-reset", "reply-too-late"])
+async def test_a_lock_take_whose_reply_was_lost_does_not_lock_the_conversation_for_the_lease(redis_behind_proxy, fault):
+    proxy, conversations = redis_behind_proxy
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    proxy.set(fault)  # Redis takes the lock; its reply is reset, or arrives after the 0.3 s timeout
+    async with conversations.turn(user, "s-1") as degraded:
+        assert degraded.history == []  # the take failed as far as chat knows: no history, nothing stored
+    proxy.set(Fault("pass"))
+    started = time.monotonic()
+    assert await history(conversations, user) == [asked("hi"), answered("hello")]  # not a 409
+    assert time.monotonic() - started < 1.0  # freed by the failed take's own token, not by the 30 s lease
 
 
 async def test_a_tool_using_turn_longer_than_max_items_is_remembered_through_the_api(tmp_path, analytics_transport, store_url):
