@@ -37,19 +37,23 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
     def session(self, key: str) -> Session:
-        """The Agents SDK session of one conversation."""
+        """The Agents SDK session of one conversation; it reads every item (trimming bounds them)."""
 
     async def trim(self, key: str, keep: int) -> None:
-        """Drop all but the `keep` most recent items."""
+        """Keep the most recent whole turns that fit `keep` items, at least the latest one (`_turns.keep_from`)."""
 
     async def open_turn(self, key: str, token: str, lease: float) -> list[Any] | None:
-        """Take the conversation's lease lock and read its history; None while another run holds it."""
+        """Take the conversation's lease lock and read its history; None while another run holds it.
+
+        Taking it again with the token that holds it succeeds (and renews the lease): the retry of a
+        take whose reply was lost must not find the conversation locked by itself.
+        """
 
     async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
-        """Store the turn's `items` (if any), keep only the `trim_to` most recent, release the lock."""
+        """Store the turn's `items` (if any), `trim` to `trim_to` items (if given), release the lock."""
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
-        """Store `record` unless a live one exists: None when stored, else the live record."""
+        """Store `record` unless a live one exists: None when stored (or already held by `record.token`), else the live record."""
 
     async def finish(self, key: str, token: str, reply: str, ttl: float) -> None:
         """Attach the reply to the record `token` holds and keep it for `ttl` seconds."""

@@ -19,6 +19,7 @@ from servicekit.logging import get_logger
 from ._backend import Backend
 from ._guarded import Guarded, StoreUnavailable
 from ._keys import conversation_key, holder_token
+from ._turns import whole_turns
 
 log = get_logger("sessions")
 TURN_AT = "_turn_at"  # set on a turn's user item in the store; removed before the model sees it
@@ -46,14 +47,6 @@ def _strip(item: Any) -> TResponseInputItem:
     if isinstance(item, dict) and TURN_AT in item:
         return {k: v for k, v in item.items() if k != TURN_AT}  # type: ignore[return-value]
     return item  # type: ignore[no-any-return]
-
-
-def _from_turn_start(items: list[Any]) -> list[Any]:
-    # Trimming can cut a turn in half; a tool output without its call is refused by providers.
-    for index, item in enumerate(items):
-        if isinstance(item, dict) and item.get("role") == "user":
-            return items[index:]
-    return []
 
 
 @dataclass
@@ -147,13 +140,19 @@ class Conversations:
                 if time.monotonic() >= deadline:
                     raise Busy()
                 await asyncio.sleep(_POLL)
-        except StoreUnavailable:
+        except StoreUnavailable as failure:
+            if failure.reason != "breaker_open":
+                # The take may have been applied and only its reply lost (a timeout, a reset): free
+                # our token, or the conversation would answer 409 until the lease runs out.
+                self._close_later_in_background(backend, key, token, None, None)
             # Without the store, the in-process lock is all there is: the chat still answers.
             return Turn([], self, key, token, 0, False, closed=True)
-        return Turn([_strip(item) for item in _from_turn_start(raw)], self, key, token, len(raw), True)
+        # The store holds whole turns already; this also mends one trimmed mid-turn by an older
+        # version, or holding more than a lowered CHAT_SESSION_MAX_ITEMS (the next close trims it).
+        return Turn([_strip(item) for item in whole_turns(raw, self.max_items)], self, key, token, len(raw), True)
 
     async def close(self, turn: Turn, items: list[TResponseInputItem] | None) -> None:
-        """Store `items` (when given), trim to `max_items`, free the shared lock: one store call."""
+        """Store `items` (when given), trim to whole turns within `max_items`, free the shared lock: one store call."""
         backend = self.backend
         if turn.closed or backend is None:
             return
@@ -164,19 +163,26 @@ class Conversations:
 
         def after(done: asyncio.Future[None]) -> None:  # also when the request was cancelled meanwhile
             if not done.cancelled() and done.exception() is not None:  # counted and logged by `guarded`
-                retry = asyncio.ensure_future(self._close_later(backend, key, token, items, trim_to))
-                self._retries.add(retry)
-                retry.add_done_callback(self._retries.discard)
+                self._close_later_in_background(backend, key, token, items, trim_to)
 
         first.add_done_callback(after)
         with contextlib.suppress(StoreUnavailable):  # the reply still goes out; `after` tries again
             await asyncio.shield(first)  # a cancelled request still frees its conversation
+
+    def _close_later_in_background(
+        self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
+    ) -> None:
+        retry = asyncio.ensure_future(self._close_later(backend, key, token, items, trim_to))
+        self._retries.add(retry)
+        retry.add_done_callback(self._retries.discard)
 
     async def _close_later(
         self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
     ) -> None:
         for tries, delay in enumerate(CLOSE_RETRIES, start=1):
             await asyncio.sleep(delay)
+            if items is None and self.guarded.breaker.state == "open":
+                break  # only a lock to free, and the store is down: its lease frees it, and shutdown need not wait
             try:
                 async with asyncio.timeout(self.guarded.timeout):
                     await backend.close_turn(key, token, items, trim_to)
@@ -199,7 +205,7 @@ class Conversations:
             return []
         session = self.backend.session(conversation_key(user_id, session_id))
         items = await self.guarded.call("read", session.get_items)
-        return _as_turns(items)
+        return _as_turns(whole_turns(items, self.max_items))  # what the model of the next turn gets
 
     async def forget(self, user_id: str, session_id: str) -> None:
         """Delete the conversation; raises `StoreUnavailable`."""
@@ -219,7 +225,7 @@ def _text(content: Any) -> str:
 def _as_turns(items: list[Any]) -> list[TurnView]:
     turns: list[TurnView] = []
     at, text, reply = "", "", ""
-    for item in _from_turn_start(items):
+    for item in items:
         if not isinstance(item, dict):
             continue
         if item.get("role") == "user":

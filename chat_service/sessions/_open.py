@@ -26,17 +26,17 @@ def default_url(outbox_path: str) -> str:
     return f"sqlite:///{Path(outbox_path).parent / 'chat-sessions.sqlite3'}"
 
 
-def make_backend(url: str, *, max_items: int, ttl: float, timeout: float) -> Backend:
+def make_backend(url: str, *, ttl: float, timeout: float) -> Backend:
     # Imported only when used: SQLAlchemy alone costs 0.7 s of start-up and its memory in every worker.
     if url.startswith(("redis://", "rediss://", "unix://")):
         from ._redis import RedisBackend
 
-        return RedisBackend(url, max_items=max_items, ttl=ttl, timeout=timeout)
+        return RedisBackend(url, ttl=ttl, timeout=timeout)
     if url.startswith("sqlite:///"):
-        return SqliteBackend(url, max_items=max_items, ttl=ttl, timeout=timeout)
+        return SqliteBackend(url, ttl=ttl, timeout=timeout)
     from ._sql import SqlBackend
 
-    return SqlBackend(url, max_items=max_items, ttl=ttl, timeout=timeout)
+    return SqlBackend(url, ttl=ttl, timeout=timeout)
 
 
 async def open_conversations(
@@ -55,7 +55,7 @@ async def open_conversations(
     """Open the store; a store that cannot be reached now starts degraded (no history), never fails start-up."""
     backend: Backend | None = None
     if url != OFF:
-        backend = make_backend(url, max_items=max_items, ttl=ttl, timeout=call_timeout)
+        backend = make_backend(url, ttl=ttl, timeout=call_timeout)
         resources.push_async_callback(backend.close)
         try:
             await backend.start()

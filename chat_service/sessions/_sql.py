@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from servicekit.logging import get_logger
 
 from ._backend import ComposedTurns, IdempotencyRecord
+from ._turns import keep_from, starts_turn_json
 
 log = get_logger("sessions")
 
@@ -43,7 +44,7 @@ _IDEMPOTENCY = Table(
     Column("expires_at", Float, nullable=False, index=True),
 )
 # The SDK's own tables (its defaults), for the statements its API has no call for: trim and sweep.
-_MESSAGES = table("agent_messages", column("id"), column("session_id"))
+_MESSAGES = table("agent_messages", column("id"), column("session_id"), column("message_data"))
 _SESSIONS = table("agent_sessions", column("session_id"), column("updated_at"))
 
 
@@ -56,7 +57,7 @@ def async_url(url: str) -> str:
 
 
 class SqlBackend(ComposedTurns):
-    def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
+    def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         address = make_url(async_url(url))
         options = _engine_options(timeout)
         if "search_path" in address.query:  # postgresql://...?search_path=s: asyncpg takes it as a server setting
@@ -64,7 +65,7 @@ class SqlBackend(ComposedTurns):
             address = address.difference_update_query(["search_path"])
         self._engine: AsyncEngine = create_async_engine(address, **options)
         self.name = self._engine.dialect.name
-        self._settings = SessionSettings(limit=max_items)
+        self._settings = SessionSettings()  # no limit: a read takes every item, and trimming bounds them
         self._ttl = ttl
         self._sweeper: asyncio.Task[None] | None = None
         self._tables = False
@@ -94,16 +95,16 @@ class SqlBackend(ComposedTurns):
         return _Session(key, engine=self._engine, session_settings=self._settings, backend=self)
 
     async def trim(self, key: str, keep: int) -> None:
-        newest_dropped = (
-            select(_MESSAGES.c.id)
-            .where(_MESSAGES.c.session_id == key)
-            .order_by(_MESSAGES.c.id.desc())
-            .limit(1)
-            .offset(keep)
-            .scalar_subquery()
-        )
+        # The items are decoded here, with the same `starts_turn` as a read; one transaction, under
+        # the conversation's lock, and a row appended meanwhile has a larger id than the cut.
+        items = select(_MESSAGES.c.id, _MESSAGES.c.message_data).where(_MESSAGES.c.session_id == key).order_by(_MESSAGES.c.id)
         async with self._engine.begin() as connection:
-            await connection.execute(delete(_MESSAGES).where(_MESSAGES.c.session_id == key, _MESSAGES.c.id <= newest_dropped))
+            rows = (await connection.execute(items)).all()
+            first = keep_from([starts_turn_json(row.message_data) for row in rows], keep)
+            if first:
+                mine = _MESSAGES.c.session_id == key
+                cut = mine if first == len(rows) else mine & (_MESSAGES.c.id < rows[first].id)
+                await connection.execute(delete(_MESSAGES).where(cut))
 
     async def sweep(self) -> None:
         """Forget conversations idle longer than the TTL, and expired locks and idempotency records."""
@@ -134,7 +135,10 @@ class SqlBackend(ComposedTurns):
         statement = (
             insert(_LOCKS)
             .values(key=key, **values)
-            .on_conflict_do_update(index_elements=["key"], set_=values, where=_LOCKS.c.expires_at < now)
+            # Or ours already: the retry of a take whose reply was lost is not locked out by itself.
+            .on_conflict_do_update(
+                index_elements=["key"], set_=values, where=(_LOCKS.c.expires_at < now) | (_LOCKS.c.token == token)
+            )
             .returning(_LOCKS.c.token)
         )
         async with self._engine.begin() as connection:
@@ -152,7 +156,11 @@ class SqlBackend(ComposedTurns):
         statement = (
             insert(_IDEMPOTENCY)
             .values(key=key, **values)
-            .on_conflict_do_update(index_elements=["key"], set_=values, where=_IDEMPOTENCY.c.expires_at < now)
+            .on_conflict_do_update(
+                index_elements=["key"],
+                set_=values,
+                where=(_IDEMPOTENCY.c.expires_at < now) | (_IDEMPOTENCY.c.token == record.token),
+            )
             .returning(_IDEMPOTENCY.c.token)
         )
         async with self._engine.begin() as connection:

@@ -35,6 +35,7 @@ from servicekit.logging import get_logger
 
 from ._backend import IdempotencyRecord
 from ._keys import holder_is_gone
+from ._turns import SQLITE_STARTS_TURN, keep_from
 
 T = TypeVar("T")
 log = get_logger("sessions")
@@ -62,9 +63,9 @@ def sqlite_path(url: str) -> Path:
 class SqliteBackend:
     name = "sqlite"
 
-    def __init__(self, url: str, *, max_items: int, ttl: float, timeout: float) -> None:
+    def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         self.path = sqlite_path(url)
-        self._settings = SessionSettings(limit=max_items)
+        self._settings = SessionSettings()  # no limit: a read takes every item, and trimming bounds them
         self._ttl = ttl
         self._busy_ms = min(int(timeout * 1000), _BUSY_MS)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sessions-maintenance")
@@ -162,12 +163,12 @@ class SqliteBackend:
             row = db.execute(
                 "INSERT INTO conversation_locks (key, token, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at "
-                "WHERE conversation_locks.expires_at < ? RETURNING token",
+                "WHERE conversation_locks.expires_at < ? OR conversation_locks.token = excluded.token RETURNING token",
                 (key, token, now + lease, now),
             ).fetchone()
             if row is None and not _took_over(db, "conversation_locks", key, token, now + lease):
                 return None
-            return _read(db, key, self._settings.limit)
+            return _read(db, key, None)
 
         return await self.run(open_turn)
 
@@ -192,7 +193,8 @@ class SqliteBackend:
             row = db.execute(
                 "INSERT INTO idempotency_keys (key, token, fingerprint, reply, expires_at) VALUES (?, ?, ?, NULL, ?) "
                 "ON CONFLICT (key) DO UPDATE SET token = excluded.token, fingerprint = excluded.fingerprint, reply = NULL, "
-                "expires_at = excluded.expires_at WHERE idempotency_keys.expires_at < ? RETURNING token",
+                "expires_at = excluded.expires_at "
+                "WHERE idempotency_keys.expires_at < ? OR idempotency_keys.token = excluded.token RETURNING token",
                 (key, record.token, record.fingerprint, now + lease, now),
             ).fetchone()
             if row is not None:
@@ -264,11 +266,14 @@ def _write(db: sqlite3.Connection, key: str, items: list[Any], now: float) -> No
 
 
 def _trim(db: sqlite3.Connection, key: str, keep: int) -> None:
-    db.execute(
-        "DELETE FROM conversation_items WHERE session_id = ? AND id <= "
-        "(SELECT id FROM conversation_items WHERE session_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-        (key, key, keep),
-    )
+    # SQLite decodes each row's role in C: only ids and flags come back, no item is parsed here.
+    statement = f"SELECT id, {SQLITE_STARTS_TURN} FROM conversation_items WHERE session_id = ? ORDER BY id"
+    rows = db.execute(statement, (key,)).fetchall()
+    first = keep_from([bool(starts) for _, starts in rows], keep)
+    if first == len(rows):
+        db.execute("DELETE FROM conversation_items WHERE session_id = ?", (key,))
+    elif first:
+        db.execute("DELETE FROM conversation_items WHERE session_id = ? AND id < ?", (key, rows[first][0]))
 
 
 def _took_over(

@@ -17,6 +17,8 @@ from chat_service.main import create_app
 from load_tests.fake_model import fake_model_process, fake_stats, switch
 from load_tests.processes import ServiceProcess
 
+from ..conftest import REDIS_URL, postgres_schema
+
 MESSAGE = {
     "user_id": "alice",
     "text": "Hello, how are you?",
@@ -60,6 +62,20 @@ async def drained(chat: httpx.AsyncClient, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while (await chat.get("/health/dependencies")).json()["outbox"]["depth"]:
             await asyncio.sleep(0.01)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("redis", marks=pytest.mark.redis)]
+)
+async def store_url(request, tmp_path) -> AsyncIterator[str]:
+    """Each conversation store in turn: a SQLite file, a fresh PostgreSQL schema, the Redis server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/shared-sessions.sqlite3"
+    elif request.param == "postgres":
+        async with postgres_schema() as url:
+            yield url
+    else:
+        yield REDIS_URL
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def conversations_on(backend: SqliteBackend, failures: list[tuple[str, str]], *,
 
 
 async def test_a_turn_whose_close_meets_a_busy_file_is_stored_moments_later_and_frees_the_conversation(tmp_path):
-    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", max_items=100, ttl=3600, timeout=0.5)
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", ttl=3600, timeout=0.5)
     await backend.start()
     failures: list[tuple[str, str]] = []
     conversations = conversations_on(backend, failures)
@@ -46,7 +46,7 @@ async def test_a_turn_whose_close_meets_a_busy_file_is_stored_moments_later_and_
 
 
 async def test_a_close_after_another_run_took_the_expired_lease_writes_nothing(tmp_path):
-    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", max_items=100, ttl=3600, timeout=0.5)
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", ttl=3600, timeout=0.5)
     await backend.start()
     key = conversation_key("alice", "s-1")
     try:
@@ -68,7 +68,7 @@ def _gone_pid() -> int:
 
 
 async def test_a_lock_or_running_key_of_a_killed_process_on_this_host_is_free_at_once(tmp_path):
-    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", max_items=100, ttl=3600, timeout=0.5)
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", ttl=3600, timeout=0.5)
     await backend.start()
     key = conversation_key("alice", "s-1")
     dead = f"{socket.gethostname()}/{_gone_pid()}/run"
@@ -95,7 +95,7 @@ async def test_a_lock_or_running_key_of_a_killed_process_on_this_host_is_free_at
 
 
 async def test_the_sweep_forgets_every_idle_conversation_in_short_batches(tmp_path):
-    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", max_items=100, ttl=3600, timeout=0.5)
+    backend = SqliteBackend(f"sqlite:///{tmp_path}/s.sqlite3", ttl=3600, timeout=0.5)
     await backend.start()
     try:
         idle = time.time() - 7200

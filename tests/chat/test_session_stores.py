@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from ..conftest import postgres_schema
+from ..conftest import REDIS_URL, postgres_schema
 from .conftest import model_settings, running_chat
-from .test_rate_limit import REDIS_URL
 from .test_sessions import say
-
-
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("redis", marks=pytest.mark.redis)]
-)
-async def store_url(request, tmp_path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared-sessions.sqlite3"
-    elif request.param == "postgres":
-        async with postgres_schema() as url:
-            yield url
-    else:
-        yield REDIS_URL
 
 
 async def test_memory_bounds_and_forgetting_on_each_store(tmp_path, analytics_transport, store_url):

@@ -1,0 +1,162 @@
+"""Whole turns and idempotent lock takes on every conversation store (real SQLite, PostgreSQL, Redis)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from chat_service.sessions._backend import Backend, IdempotencyRecord
+from chat_service.sessions._conversations import Conversations
+from chat_service.sessions._guarded import Guarded
+from chat_service.sessions._keys import conversation_key
+from chat_service.sessions._open import make_backend
+from load_tests.faultproxy import Fault, FaultProxy
+
+from ..conftest import REDIS_URL
+from .conftest import running_chat
+from .test_sessions import say
+
+MAX_ITEMS = 4
+
+
+@pytest.fixture
+async def backend(store_url) -> AsyncIterator[Backend]:
+    store = make_backend(store_url, ttl=3600, timeout=2.0)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def conversations_on(backend: Backend) -> Conversations:
+    guarded = Guarded(timeout=2.0, on_failure=lambda operation, reason: None, emit=lambda event: None)
+    return Conversations(backend, guarded, max_items=MAX_ITEMS, lock_wait=1.0, lease=30.0, idempotency_ttl=60)
+
+
+def asked(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def answered(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "type": "message", "content": [{"type": "output_text", "text": text}]}
+
+
+def tool(call_id: str) -> list[dict[str, Any]]:
+    """A tool call and its output: a provider refuses the output when the call is not before it."""
+    return [
+        {"type": "function_call", "call_id": call_id, "name": "get_current_time", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": call_id, "output": "12:00"},
+    ]
+
+
+def plain(items: list[Any]) -> list[Any]:
+    return [{k: v for k, v in item.items() if k != "_turn_at"} for item in items]
+
+
+async def store_turn(conversations: Conversations, user: str, items: list[Any]) -> None:
+    async with conversations.turn(user, "s-1") as turn:
+        await turn.complete(items)
+
+
+async def history(conversations: Conversations, user: str) -> list[Any]:
+    async with conversations.turn(user, "s-1") as turn:  # left without completing: stores nothing
+        return list(turn.history)
+
+
+async def test_a_turn_longer_than_max_items_is_kept_whole_and_read_whole(backend):
+    conversations, user = conversations_on(backend), f"u-{uuid.uuid4().hex[:8]}"
+    long_turn = [asked("time twice?"), *tool("c1"), *tool("c2"), answered("12:00 and 12:00")]
+    await store_turn(conversations, user, long_turn)
+    stored = await backend.session(conversation_key(user, "s-1")).get_items()
+    assert plain(stored) == long_turn  # 6 items, over MAX_ITEMS: half a turn would be an invalid history
+    assert await history(conversations, user) == long_turn
+    views = await conversations.turns(user, "s-1")
+    assert [(view.text, view.reply) for view in views] == [("time twice?", "12:00 and 12:00")]
+
+    await store_turn(conversations, user, [asked("thanks"), answered("welcome")])
+    assert await history(conversations, user) == [asked("thanks"), answered("welcome")]  # the long turn goes whole
+
+
+async def test_trimming_drops_whole_turns_and_keeps_every_turn_that_fits(backend):
+    conversations, user = conversations_on(backend), f"u-{uuid.uuid4().hex[:8]}"
+    key = conversation_key(user, "s-1")
+    with_tool = [asked("time?"), *tool("c1"), answered("12:00")]
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    await store_turn(conversations, user, with_tool)
+    assert plain(await backend.session(key).get_items()) == with_tool
+    # MAX_ITEMS from the end would start at the tool output; its call would be gone.
+    await store_turn(conversations, user, [asked("bye"), answered("see you")])
+    assert plain(await backend.session(key).get_items()) == [asked("bye"), answered("see you")]
+    await store_turn(conversations, user, [asked("back"), answered("welcome back")])
+    expected = [asked("bye"), answered("see you"), asked("back"), answered("welcome back")]
+    assert plain(await backend.session(key).get_items()) == expected  # two whole turns fit: both kept
+    assert await history(conversations, user) == expected
+    assert [view.text for view in await conversations.turns(user, "s-1")] == ["bye", "back"]
+
+
+async def test_taking_a_lock_again_with_the_same_token_succeeds_and_with_another_fails(backend):
+    key = conversation_key(f"u-{uuid.uuid4().hex[:8]}", "s-1")
+    assert await backend.open_turn(key, "run-1", 30.0) == []
+    # The first take's reply was lost (say a timeout after the store applied it): the retry is ours.
+    assert await backend.open_turn(key, "run-1", 30.0) == []
+    assert await backend.open_turn(key, "run-2", 30.0) is None
+    await backend.close_turn(key, "run-1", None, None)
+    assert await backend.open_turn(key, "run-2", 30.0) == []
+    await backend.close_turn(key, "run-2", None, None)
+
+
+async def test_claiming_a_key_again_with_the_same_token_succeeds_and_with_another_finds_it(backend):
+    key = f"1:u:{uuid.uuid4().hex}"
+    mine = IdempotencyRecord("run-1", "body")
+    assert await backend.claim(key, mine, 30.0) is None
+    assert await backend.claim(key, mine, 30.0) is None  # a retried claim whose reply was lost: still ours
+    assert await backend.claim(key, IdempotencyRecord("run-2", "body"), 30.0) == mine
+    await backend.release(key, "run-1")
+
+
+@pytest.fixture
+async def redis_behind_proxy() -> AsyncIterator[tuple[FaultProxy, Conversations]]:
+    """Conversations on the real Redis through a fault proxy; socket timeout 0.3 s."""
+    host, port = REDIS_URL.removeprefix("redis://").split("/")[0].split(":")
+    proxy = await FaultProxy((host, int(port))).start()
+    backend = make_backend(f"redis://127.0.0.1:{proxy.port}/0", ttl=3600, timeout=0.3)
+    conversations = conversations_on(backend)
+    try:
+        yield proxy, conversations
+    finally:
+        await conversations.drain()
+        await backend.close()
+        await proxy.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("fault", [Fault("cut", 1.0), Fault("latency", 1.0)], ids=["reply-reset", "reply-too-late"])
+async def test_a_lock_take_whose_reply_was_lost_does_not_lock_the_conversation_for_the_lease(redis_behind_proxy, fault):
+    proxy, conversations = redis_behind_proxy
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    proxy.set(fault)  # Redis takes the lock; its reply is reset, or arrives after the 0.3 s timeout
+    async with conversations.turn(user, "s-1") as degraded:
+        assert degraded.history == []  # the take failed as far as chat knows: no history, nothing stored
+    proxy.set(Fault("pass"))
+    started = time.monotonic()
+    assert await history(conversations, user) == [asked("hi"), answered("hello")]  # not a 409
+    assert time.monotonic() - started < 1.0  # freed by the failed take's own token, not by the 30 s lease
+
+
+async def test_a_tool_using_turn_longer_than_max_items_is_remembered_through_the_api(tmp_path, analytics_transport, store_url):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    async with running_chat(tmp_path, analytics_transport, sessions_url=store_url, session_max_items=MAX_ITEMS) as chat:
+        # The offline model calls both tools: user, 2 calls, 2 outputs and the reply are 6 items.
+        first = await chat.post("/chat/", json=say(user, "What time is it, and my stats?"))
+        turns = await chat.get("/sessions/s-1", params={"user_id": user})
+        second = await chat.post("/chat/", json=say(user, "thanks"))
+    assert "The current time is" in first.json()["reply"] and "Analytics says" in first.json()["reply"]
+    assert turns.status_code == 200
+    assert [t["text"] for t in turns.json()["turns"]] == ["What time is it, and my stats?"]
+    assert "message 2 of this conversation" in second.json()["reply"]
