@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from chat_service.sessions._conversations import Conversations
 from chat_service.sessions._guarded import Guarded
 from chat_service.sessions._keys import conversation_key
 from chat_service.sessions._open import make_backend
+from chat_service.sessions._turns import keep_from
 from load_tests.faultproxy import Fault, FaultProxy
 
 from ..conftest import REDIS_URL
@@ -99,6 +101,19 @@ async def test_trimming_drops_whole_turns_and_keeps_every_turn_that_fits(backend
     assert plain(await backend.session(key).get_items()) == expected  # two whole turns fit: both kept
     assert await history(conversations, user) == expected
     assert [view.text for view in await conversations.turns(user, "s-1")] == ["bye", "back"]
+
+
+async def test_every_store_trims_exactly_where_the_rule_cuts(backend):
+    # SQLite cuts in SQL (reading only the rows around the cut), the others in Python: one rule.
+    rng = random.Random(7)
+    cases = [([], 2), ([False, False], 2), ([False, True, False, True], 2), ([True, False, False, False], 2)]
+    cases += [([rng.random() < 0.4 for _ in range(rng.randrange(1, 13))], rng.randrange(2, 9)) for _ in range(40)]
+    for case, (starts, keep) in enumerate(cases):
+        key = conversation_key(f"u-{uuid.uuid4().hex[:8]}", f"s-{case}")
+        items = [asked(f"q{i}") if start else answered(f"a{i}") for i, start in enumerate(starts)]
+        await backend.session(key).add_items(items)
+        await backend.trim(key, keep)
+        assert await backend.session(key).get_items() == items[keep_from(starts, keep) :], (starts, keep)
 
 
 async def test_taking_a_lock_again_with_the_same_token_succeeds_and_with_another_fails(backend):
