@@ -10,6 +10,9 @@ In process, on uvloop. Two measurements:
 - bounded at scale: `--concurrent` (1,000) conversations of `--turns` (20) turns each, all at once,
   straight through `Conversations.turn`; then the largest number of items any conversation holds
   in the store (goal: <= CHAT_SESSION_MAX_ITEMS).
+- the trim's cost: `--sessions` conversations of 100 items (50 turns), each given `--trim-turns`
+  more turns, with CHAT_SESSION_MAX_ITEMS=100 (every close trims) and with a limit no close reaches;
+  the difference in the close's median is what a trim costs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvloop
@@ -118,6 +122,54 @@ async def bounded_at_scale(concurrent: int, turns: int, max_items: int) -> None:
     )
 
 
+def _turn(t: int) -> list[Any]:  # items as chat stores them: the user's message and the reply
+    return [
+        {"role": "user", "content": f"question {t} " + "q" * 80},
+        {"role": "assistant", "type": "message", "content": [{"type": "output_text", "text": f"reply {t} " + "x" * 300}]},
+    ]
+
+
+async def _closes(max_items: int, sessions: int, turns: int) -> tuple[list[float], list[float]]:
+    """Per-turn and per-close seconds of `turns` turns in each of `sessions` conversations of 100 items."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with AsyncExitStack() as resources:
+            conversations = await open_conversations(
+                resources,
+                url=f"sqlite:///{tmp}/sessions.sqlite3",
+                max_items=max_items,
+                ttl=3600,
+                call_timeout=30,
+                lock_wait=30,
+                run_deadline=30,
+                idempotency_ttl=3600,
+                on_failure=lambda op, reason: print("store failure", op, reason),
+            )
+            for t in range(50):
+                for n in range(sessions):
+                    async with conversations.turn(f"user{n}", "s") as turn:
+                        await turn.complete(_turn(t))
+            whole: list[float] = []
+            closes: list[float] = []
+            for t in range(50, 50 + turns):
+                for n in range(sessions):
+                    started = time.perf_counter()
+                    async with conversations.turn(f"user{n}", "s") as turn:
+                        closing = time.perf_counter()
+                        await turn.complete(_turn(t))
+                        closes.append(time.perf_counter() - closing)
+                    whole.append(time.perf_counter() - started)
+    return whole, closes
+
+
+async def trim_cost(sessions: int, turns: int) -> None:
+    for label, max_items in (("at the limit, every close trims", 100), ("under the limit, no close trims", 10_000)):
+        whole, closes = await _closes(max_items, sessions, turns)
+        print(
+            f"{label}: turn p50 {statistics.median(whole) * 1e6:.0f} us, "
+            f"close p50 {statistics.median(closes) * 1e6:.0f} us ({len(closes)} turns of 100-item conversations)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -126,9 +178,11 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--max-items", type=int, default=10)
+    parser.add_argument("--trim-turns", type=int, default=40, help="timed turns per conversation for the trim's cost")
     args = parser.parse_args()
     uvloop.run(added_per_chat(args.rounds, args.per_round, args.sessions))
     uvloop.run(bounded_at_scale(args.concurrent, args.turns, args.max_items))
+    uvloop.run(trim_cost(args.sessions, args.trim_turns))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +25,8 @@ log = get_logger("sessions")
 TURN_AT = "_turn_at"  # set on a turn's user item in the store; removed before the model sees it
 _POLL = 0.02
 # A turn whose close failed (say, another writer held SQLite's file a moment too long) is stored, and its
-# conversation freed, by these later tries; without them the lock would wait out its whole lease.
+# conversation freed, by these later tries; without them the lock would wait out its whole lease. A lock
+# take or key claim that failed, and a failed release of a key, free their token on the same schedule.
 CLOSE_RETRIES = (0.1, 0.5, 2.0)
 
 
@@ -144,7 +145,7 @@ class Conversations:
             if failure.reason != "breaker_open":
                 # The take may have been applied and only its reply lost (a timeout, a reset): free
                 # our token, or the conversation would answer 409 until the lease runs out.
-                self._close_later_in_background(backend, key, token, None, None)
+                self.retry_later("close", lambda: backend.close_turn(key, token, None, None), frees_only=True)
             # Without the store, the in-process lock is all there is: the chat still answers.
             return Turn([], self, key, token, 0, False, closed=True)
         # The store holds whole turns already; this also mends one trimmed mid-turn by an older
@@ -159,41 +160,48 @@ class Conversations:
         turn.closed = True
         over = items is not None and turn._stored + len(items) > self.max_items
         key, token, trim_to = turn._key, turn._token, self.max_items if over else None
-        first = asyncio.ensure_future(self.guarded.call("close", lambda: backend.close_turn(key, token, items, trim_to)))
+        await self.settle("close", lambda: backend.close_turn(key, token, items, trim_to), frees_only=items is None)
 
-        def after(done: asyncio.Future[None]) -> None:  # also when the request was cancelled meanwhile
-            if not done.cancelled() and done.exception() is not None:  # counted and logged by `guarded`
-                self._close_later_in_background(backend, key, token, items, trim_to)
+    async def settle(self, operation: str, call: Callable[[], Awaitable[object]], *, frees_only: bool) -> None:
+        """Run a store call that must not be lost: past a cancelled request, and again in the
+        background when it fails (`retry_later`). A failure is counted and logged by `guarded`, not raised."""
+        first = asyncio.ensure_future(self.guarded.call(operation, call))
+
+        def after(done: asyncio.Future[object]) -> None:  # also when the request was cancelled meanwhile
+            if not done.cancelled() and done.exception() is not None:
+                self.retry_later(operation, call, frees_only=frees_only)
 
         first.add_done_callback(after)
         with contextlib.suppress(StoreUnavailable):  # the reply still goes out; `after` tries again
-            await asyncio.shield(first)  # a cancelled request still frees its conversation
+            await asyncio.shield(first)  # a cancelled request still frees what it holds
 
-    def _close_later_in_background(
-        self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
-    ) -> None:
-        retry = asyncio.ensure_future(self._close_later(backend, key, token, items, trim_to))
+    def retry_later(self, operation: str, call: Callable[[], Awaitable[object]], *, frees_only: bool) -> None:
+        """Try a failed store call again in the background after `CLOSE_RETRIES`, until it succeeds.
+
+        For calls safe to repeat (each checks the token): a turn's close, freeing a lock or a key.
+        `frees_only`: the call only frees something a lease frees anyway, so it is skipped while the
+        breaker is open (and shutdown need not wait for a dead store).
+        """
+        retry = asyncio.ensure_future(self._retry(operation, call, frees_only))
         self._retries.add(retry)
         retry.add_done_callback(self._retries.discard)
 
-    async def _close_later(
-        self, backend: Backend, key: str, token: str, items: list[TResponseInputItem] | None, trim_to: int | None
-    ) -> None:
+    async def _retry(self, operation: str, call: Callable[[], Awaitable[object]], frees_only: bool) -> None:
         for tries, delay in enumerate(CLOSE_RETRIES, start=1):
             await asyncio.sleep(delay)
-            if items is None and self.guarded.breaker.state == "open":
-                break  # only a lock to free, and the store is down: its lease frees it, and shutdown need not wait
+            if frees_only and self.guarded.breaker.state == "open":
+                break
             try:
                 async with asyncio.timeout(self.guarded.timeout):
-                    await backend.close_turn(key, token, items, trim_to)
+                    await call()
             except Exception:
                 continue
-            log.info("session_turn_closed_late", stored=bool(items), after_tries=tries)
+            log.info("session_call_done_late", operation=operation, after_tries=tries)
             return
-        log.warning("session_turn_not_closed", stored=False, lease_frees_it=True)
+        log.warning("session_call_not_done", operation=operation, lease_frees_it=True)
 
     async def drain(self) -> None:
-        """Let pending close retries finish (at shutdown, before the store closes)."""
+        """Let pending background retries finish (at shutdown, before the store closes)."""
         if self._retries:
             await asyncio.wait(self._retries, timeout=sum(CLOSE_RETRIES) + self.guarded.timeout * len(CLOSE_RETRIES))
         for retry in list(self._retries):

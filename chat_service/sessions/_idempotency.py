@@ -63,9 +63,10 @@ class Claim:
         conversations, key = self._conversations, self._key
         if conversations is None or key is None or conversations.backend is None:
             return
-        backend = conversations.backend
-        with contextlib.suppress(StoreUnavailable):  # the lease frees it
-            await past_cancellation(conversations.guarded.call("idempotency_release", lambda: backend.release(key, self._token)))
+        backend, token = conversations.backend, self._token
+        # A release that fails is tried again in the background: else the retry of this failed run
+        # would answer 409 until the lease ends.
+        await conversations.settle("idempotency_release", lambda: backend.release(key, token), frees_only=True)
 
     async def __aenter__(self) -> Claim:
         return self
@@ -89,7 +90,11 @@ async def begin(conversations: Conversations, user_id: str, key: str | None, bod
     mine = IdempotencyRecord(claim._token, fingerprint(body))
     try:
         live = await conversations.guarded.call("idempotency_claim", lambda: backend.claim(store_key, mine, conversations.lease))
-    except StoreUnavailable:
+    except StoreUnavailable as failure:
+        if failure.reason != "breaker_open":
+            # The claim may have been stored and only its reply lost (a timeout, a reset): free our
+            # token, or the client's retry with this key would answer 409 until the lease ends.
+            conversations.retry_later("idempotency_release", lambda: backend.release(store_key, mine.token), frees_only=True)
         # Without the store the model may run twice, but the record id still counts the message once.
         return Claim(None, None, "", claim.record_id)
     if live is None:

@@ -1,7 +1,9 @@
-"""Whole turns and idempotent lock takes on every conversation store (real SQLite, PostgreSQL, Redis)."""
+"""Whole turns, and lock takes and key claims idempotent for their token, on every store (real SQLite, PostgreSQL, Redis)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -9,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from chat_service.sessions import KeyInFlight, idempotency
 from chat_service.sessions._backend import Backend, IdempotencyRecord
 from chat_service.sessions._conversations import Conversations
 from chat_service.sessions._guarded import Guarded
 from chat_service.sessions._keys import conversation_key
 from chat_service.sessions._open import make_backend
+from chat_service.sessions._turns import keep_from
 from load_tests.faultproxy import Fault, FaultProxy
 
 from ..conftest import REDIS_URL
@@ -99,6 +103,19 @@ async def test_trimming_drops_whole_turns_and_keeps_every_turn_that_fits(backend
     assert [view.text for view in await conversations.turns(user, "s-1")] == ["bye", "back"]
 
 
+async def test_every_store_trims_exactly_where_the_rule_cuts(backend):
+    # SQLite cuts in SQL (reading only the rows around the cut), the others in Python: one rule.
+    rng = random.Random(7)
+    cases = [([], 2), ([False, False], 2), ([False, True, False, True], 2), ([True, False, False, False], 2)]
+    cases += [([rng.random() < 0.4 for _ in range(rng.randrange(1, 13))], rng.randrange(2, 9)) for _ in range(40)]
+    for case, (starts, keep) in enumerate(cases):
+        key = conversation_key(f"u-{uuid.uuid4().hex[:8]}", f"s-{case}")
+        items = [asked(f"q{i}") if start else answered(f"a{i}") for i, start in enumerate(starts)]
+        await backend.session(key).add_items(items)
+        await backend.trim(key, keep)
+        assert await backend.session(key).get_items() == items[keep_from(starts, keep) :], (starts, keep)
+
+
 async def test_taking_a_lock_again_with_the_same_token_succeeds_and_with_another_fails(backend):
     key = conversation_key(f"u-{uuid.uuid4().hex[:8]}", "s-1")
     assert await backend.open_turn(key, "run-1", 30.0) == []
@@ -147,6 +164,49 @@ async def test_a_lock_take_whose_reply_was_lost_does_not_lock_the_conversation_f
     started = time.monotonic()
     assert await history(conversations, user) == [asked("hi"), answered("hello")]  # not a 409
     assert time.monotonic() - started < 1.0  # freed by the failed take's own token, not by the 30 s lease
+
+
+async def claim_when_free(conversations: Conversations, user: str, body: dict[str, Any]) -> idempotency.Claim:
+    """Claim key `order-7` as a client would retry it: again after each 409, for up to a second."""
+    deadline = time.monotonic() + 1.0  # well under the 30 s lease
+    while True:
+        try:
+            return await idempotency.begin(conversations, user, "order-7", body)
+        except KeyInFlight:
+            assert time.monotonic() < deadline, "the key stayed held: its holder's token was never freed"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("fault", [Fault("cut", 1.0), Fault("latency", 1.0)], ids=["reply-reset", "reply-too-late"])
+async def test_a_key_claim_whose_reply_was_lost_does_not_hold_the_key_for_the_lease(redis_behind_proxy, fault):
+    proxy, conversations = redis_behind_proxy
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    assert await history(conversations, user) == []  # connected: the fault meets the claim, not the handshake
+    proxy.set(fault)  # Redis stores the claim; its reply is reset, or arrives after the 0.3 s timeout
+    async with await idempotency.begin(conversations, user, "order-7", body) as degraded:
+        assert degraded.replay is None and degraded.record_id is not None  # runs unguarded, counted once
+    proxy.set(Fault("pass"))
+    retried = await claim_when_free(conversations, user, body)  # not a 409 for the lease
+    async with retried:
+        await retried.finish("booked")
+    replayed = await idempotency.begin(conversations, user, "order-7", body)
+    assert replayed.replay == "booked" and replayed.record_id == retried.record_id == degraded.record_id
+
+
+@pytest.mark.redis
+async def test_a_failed_run_whose_key_release_was_lost_frees_the_key_in_the_background(redis_behind_proxy):
+    proxy, conversations = redis_behind_proxy
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    claim = await idempotency.begin(conversations, user, "order-7", body)
+    with pytest.raises(RuntimeError):
+        async with claim:
+            proxy.set(Fault("reset", 1.0))  # the release never reaches Redis
+            raise RuntimeError("the run failed")
+    proxy.set(Fault("pass"))
+    again = await claim_when_free(conversations, user, body)  # not a 409 for the lease
+    async with again:  # leaving it unfinished frees it again
+        assert again.replay is None  # the failed run stored no reply: the retry runs
 
 
 async def test_a_tool_using_turn_longer_than_max_items_is_remembered_through_the_api(tmp_path, analytics_transport, store_url):
