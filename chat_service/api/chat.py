@@ -13,7 +13,7 @@ from ..agent.run import LLMFailure
 from ..models import ChatMessage, ChatReply
 from ..sessions import idempotency
 from .auth import AUTH_DESCRIPTIONS, CallerDep
-from .deps import ConversationsDep, TurnsDep
+from .deps import TurnsDep
 from .events import EVENT_DATA, EVENTS, StreamedTurn, replay_reply, stream_reply
 
 router = APIRouter(tags=["chat"])
@@ -48,11 +48,11 @@ async def chat(
     message: ChatMessage,
     caller: CallerDep,
     turns: TurnsDep,
-    conversations: ConversationsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ChatReply:
     """Answer a message in its conversation, personalized with how many messages the user sent."""
     turns.check(message, caller)
+    conversations = turns.conversations
     user_id = message.user_id  # the token's subject when auth is on
     # A retry of a keyed request answers the stored reply: no model run, no second record, and
     # no rate limit, analytics read or outbox space spent on it.
@@ -89,11 +89,11 @@ async def chat_stream(
     message: ChatMessage,
     caller: CallerDep,
     turns: TurnsDep,
-    conversations: ConversationsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> EventStreamResponse:
     """Answer a message in its conversation as server-sent events; errors before the first piece are plain JSON."""
     turns.check(message, caller)
+    conversations = turns.conversations
     user_id = message.user_id  # the token's subject when auth is on
     claim = await idempotency.begin(conversations, user_id, idempotency_key, message.model_dump(mode="json", exclude_unset=True))
     if claim.replay is not None:

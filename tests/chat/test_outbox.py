@@ -64,6 +64,25 @@ async def test_a_full_outbox_refuses_until_records_are_delivered(outbox):
     assert (await outbox.stats()).depth == 3
 
 
+def test_an_append_reads_the_id_span_by_search_not_by_scanning_every_waiting_record(path):
+    # The bound check runs for every group of appends: a scan would make each append cost
+    # O(waiting records) on the writer thread (~6 ms at 100,000) just when analytics is down.
+    db = store.connect(path, busy_timeout=1)
+    store.insert(db, 0, [item(n) for n in range(50)], max_rows=100)
+    store.delete(db, [1, 2, 50])  # gaps at both ends: the span is what is left
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    assert store.insert(db, 0, [item(99)], max_rows=48) == 1  # 47 records, ids 3..49: room for one
+    db.set_trace_callback(None)
+    reads = [statement for statement in statements if statement.startswith("SELECT")]
+    assert len(reads) == 1  # with room to spare, the span alone decides (no count)
+    plan = " / ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + reads[0]))
+    assert "SCAN outbox" not in plan, (reads[0], plan)
+    # At the bound, the span (3..51) overstates and the exact count refuses.
+    assert store.insert(db, 0, [item(100)], max_rows=48) == 0
+    db.close()
+
+
 async def test_scrapes_count_at_most_once_per_max_age_and_operators_get_exact_counts(path):
     now = [100.0]
     box = Outbox(path, max_rows=10, clock=lambda: now[0])
