@@ -159,6 +159,7 @@ def create_app(
                     retry_after=settings.admission.retry_after,
                     on_event=admission_metrics.on_event,
                     metrics=metrics,
+                    max_body_bytes=settings.max_body_bytes,
                 ),
                 "connection_events": connection_events,
                 "authenticator": authenticator,

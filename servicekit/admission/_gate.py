@@ -55,8 +55,9 @@ class Refusal:
 class ShedGate:
     """Says which requests to refuse before they are built, and what to answer them.
 
-    `routes` are the middleware's: (method, exact path). A request that carries `Origin` is left
-    to the app, whose CORS middleware must add its headers to any answer a browser may read.
+    `routes` are the middleware's: (method, exact path). Left to the app, as before: a request
+    that carries `Origin` (its CORS middleware must add its headers to any answer a browser may
+    read) and one whose declared body is over `max_body_bytes` (it answers 413 whatever the load).
     """
 
     def __init__(
@@ -67,8 +68,10 @@ class ShedGate:
         retry_after: int = 1,
         on_event: Callable[[str], None] | None = None,
         metrics: HttpMetrics | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self._limiter = limiter
+        self._max_body = max_body_bytes
         self._routes = {(method.encode("ascii"), path.encode("ascii")): _Route(method, path, metrics) for method, path in routes}
         self._on_event = on_event or (lambda _: None)
         body = json.dumps(OVERLOADED).encode()  # the very bytes the middleware sends
@@ -87,8 +90,10 @@ class ShedGate:
         route = self._routes.get((method, path))
         if route is None or not self._limiter.would_shed():
             return None
-        for name, _ in headers:
+        for name, value in headers:
             if name == b"origin":
+                return None
+            if name == b"content-length" and self._max_body is not None and _over(value, self._max_body):
                 return None
         return Refusal(self, route)
 
@@ -98,3 +103,10 @@ class ShedGate:
             route.requests.inc()
             route.latency.observe(time.perf_counter() - started)
         return self._head + request_id(headers).encode() + b"\r\n", self._body
+
+
+def _over(length: bytes, limit: int) -> bool:
+    try:
+        return int(length) > limit
+    except ValueError:
+        return True  # the app says what is wrong with it

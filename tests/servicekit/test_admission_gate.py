@@ -28,6 +28,7 @@ from servicekit.middleware import RequestContextMiddleware
 
 ROUTES = (("POST", "/work"),)
 SHED_BODY = json.dumps(OVERLOADED).encode()
+MAX_BODY = 1024
 
 
 @dataclass
@@ -65,7 +66,9 @@ def build(server: Server) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
-        gate = ShedGate(server.limiter, routes=ROUTES, on_event=admission_metrics.on_event, metrics=http_metrics)
+        gate = ShedGate(
+            server.limiter, routes=ROUTES, on_event=admission_metrics.on_event, metrics=http_metrics, max_body_bytes=MAX_BODY
+        )
         yield {"admission": server.limiter, "admission_gate": gate}
 
     app = FastAPI(lifespan=lifespan)
@@ -86,7 +89,7 @@ def build(server: Server) -> ASGIApp:
         return {"status": "ok"}
 
     app.add_middleware(AdmissionMiddleware, routes=ROUTES, on_event=admission_metrics.on_event)
-    app.add_middleware(RequestContextMiddleware, metrics=http_metrics, max_body_bytes=65536)
+    app.add_middleware(RequestContextMiddleware, metrics=http_metrics, max_body_bytes=MAX_BODY)
     return _Recorder(app, server.reached_app)
 
 
@@ -182,6 +185,9 @@ async def test_health_and_other_routes_are_never_refused_at_the_door(server):
         assert (await read_answer(reader)).status == 503
     assert server.reached_app == ["GET /healthz", "POST /other", "POST /work"]
     assert server.shed_counts() == (1, 1)
+    async with connection(server.port) as (reader, writer):
+        writer.write(post({"text": "x" * MAX_BODY}))  # too large is 413, whatever the load
+        assert (await read_answer(reader)).status == 413
     assert held is not None
     held.release(completed=False)
 
