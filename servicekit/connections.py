@@ -164,7 +164,7 @@ _STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a request read timeout and a connection cap."""
+    """uvicorn's httptools protocol with a request read timeout, a connection cap and admission's door."""
 
     _read_timeout: float | None = None
     _cap: int | None = None
@@ -250,6 +250,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, refusal: Refusal, keep_alive: bool) -> None:
         """Write the gate's 503 as uvicorn would write a response, and carry on as after one."""
         self._refusal = None
+        if self.transport.is_closing():
+            return  # closed meanwhile (the server shutting down): nobody to answer, nothing to count
         head, body = refusal.answer(self.headers)
         content = [_STATUS_503]
         for name, value in self.server_state.default_headers:  # date, server: as on every answer
