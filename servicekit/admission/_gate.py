@@ -22,6 +22,8 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from prometheus_client import Counter, Histogram
+
 from ..metrics import HttpMetrics
 from ..middleware import request_id
 from ._limiter import Limiter
@@ -31,12 +33,24 @@ GATE_KEY = "admission_gate"
 
 
 class _Route:
-    __slots__ = ("latency", "requests")
+    """A work route's request metrics, bound at its first refusal (as the middleware's series
+    appear): from then on a refusal costs an increment, not a label look-up."""
+
+    __slots__ = ("_labels", "_latency", "_metrics", "_requests")
 
     def __init__(self, method: str, path: str, metrics: HttpMetrics | None) -> None:
-        # Label children bound once: a refusal costs an increment, not a label look-up.
-        self.requests = None if metrics is None else metrics.requests.labels(method, path, "503")
-        self.latency = None if metrics is None else metrics.latency.labels(method, path)
+        self._metrics, self._labels = metrics, (method, path)
+        self._requests: Counter | None = None
+        self._latency: Histogram | None = None
+
+    def count(self, seconds: float) -> None:
+        if self._requests is None or self._latency is None:
+            if self._metrics is None:
+                return
+            self._requests = self._metrics.requests.labels(*self._labels, "503")
+            self._latency = self._metrics.latency.labels(*self._labels)
+        self._requests.inc()
+        self._latency.observe(seconds)
 
 
 class Refusal:
@@ -99,9 +113,7 @@ class ShedGate:
 
     def _answer(self, route: _Route, started: float, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         self._on_event("queue_full")
-        if route.requests is not None and route.latency is not None:
-            route.requests.inc()
-            route.latency.observe(time.perf_counter() - started)
+        route.count(time.perf_counter() - started)
         return self._head + request_id(headers).encode() + b"\r\n", self._body
 
 
