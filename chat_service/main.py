@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from resilience import Pipeline, classify_httpx, log_event
-from servicekit.admission import AdmissionMetrics, AdmissionMiddleware, Limiter
+from servicekit.admission import AdmissionMetrics, AdmissionMiddleware, Limiter, ShedGate
 from servicekit.connections import ConnectionEvents, raise_open_files_limit, server_settings, watch_accept_errors
 from servicekit.docs import install_offline_docs
 from servicekit.errors import install_error_handlers
@@ -150,6 +150,17 @@ def create_app(
                 "deliverer": deliverer,
                 "rate_limiter": limiter,
                 "admission": admission,
+                # The server's protocol refuses at the door what the limiter sheds anyway (docs/overload.md).
+                "admission_gate": None
+                if admission is None
+                else ShedGate(
+                    admission,
+                    routes=ADMITTED_ROUTES,
+                    retry_after=settings.admission.retry_after,
+                    on_event=admission_metrics.on_event,
+                    metrics=metrics,
+                    max_body_bytes=settings.max_body_bytes,
+                ),
                 "connection_events": connection_events,
                 "authenticator": authenticator,
                 "conversations": conversations,

@@ -1,13 +1,17 @@
 """What admission costs a request, in process: `uv run python -m load_tests.bench_admission`.
 
-Prints microseconds per call for the limiter alone (admit + release; queue + hand-over) and for
+Prints microseconds per call for the limiter alone (admit + release; queue + hand-over), for
 the whole chat app in process (uvloop, no HTTP parsing): a request shed with 503, against a
-`GET /healthz` that passes admission untouched, in alternating rounds.
+`GET /healthz` that passes admission untouched, and for whole requests fed as bytes to the
+server's protocol (`GuardedHttpToolsProtocol`, HTTP parsing included, no socket): a `POST /chat/`
+refused at the door, the same refused by the middleware (the gate taken out of the state), and
+`GET /healthz`. Rounds alternate.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import tempfile
@@ -16,12 +20,15 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import uvloop
 from asgi_lifespan import LifespanManager
+from uvicorn.server import ServerState
 
 from chat_service.core.config import Settings
 from chat_service.main import create_app
-from servicekit.admission import AdmissionPolicy, Limiter
+from servicekit.admission import GATE_KEY, AdmissionPolicy, Limiter
+from servicekit.connections import GuardedHttpToolsProtocol
 
 BODY = b'{"user_id": "bench1", "text": "Hello there!"}'
 
@@ -99,9 +106,83 @@ async def app_costs(requests: int, rounds: int) -> dict[str, float]:
     return {name: round(statistics.median(values), 1) for name, values in timings.items()}
 
 
+class _Transport:
+    """Just enough of a socket transport for uvicorn's protocol: it keeps count of what is written."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.answered: asyncio.Event = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        if data.startswith(b"HTTP/1.1 "):
+            self.answers += 1
+            self.answered.set()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def protocol_costs(requests: int, rounds: int) -> dict[str, float]:
+    """Microseconds per request fed as bytes to the protocol, answered; the app's tasks run on this loop."""
+    work = Path(tempfile.mkdtemp(prefix="bench-admission-"))
+    settings = Settings(
+        outbox_path=str(work / "outbox.sqlite3"),
+        llm_provider="offline",
+        log_level="WARNING",
+        log_format="json",
+        analytics_url="http://127.0.0.1:9",
+        admission={"queue_timeout": 0},  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
+    chat = b"POST /chat/ HTTP/1.1\r\nHost: chat\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    requests_by_name = {
+        "door_503_us": (True, chat + BODY),
+        "app_503_us": (False, chat + BODY),
+        "healthz_http_us": (True, b"GET /healthz HTTP/1.1\r\nHost: chat\r\n\r\n"),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in requests_by_name}
+    async with LifespanManager(app) as manager:
+        state: dict[str, Any] = manager._state
+        without_gate = {**state, GATE_KEY: None}
+        config = uvicorn.Config(app, http=GuardedHttpToolsProtocol, lifespan="off", log_level="warning", limit_concurrency=4096)
+        server_state = ServerState()
+        server_state.default_headers = [(b"date", b"Fri, 27 Nov 2026 08:00:00 GMT"), (b"server", b"uvicorn")]
+        limiter: Limiter = state["admission"]
+        held = [limiter.try_acquire() for _ in range(limiter.limit)]  # every slot taken: all is shed
+        for _ in range(rounds):
+            for name, (gate, request) in requests_by_name.items():
+                protocol = GuardedHttpToolsProtocol(config, server_state, state if gate else without_gate)
+                transport = _Transport()
+                protocol.connection_made(transport)  # type: ignore[arg-type]
+                started = time.perf_counter()
+                for n in range(1, requests + 1):
+                    protocol.data_received(request)  # one keep-alive connection, one request at a time
+                    while transport.answers < n:
+                        transport.answered.clear()
+                        await transport.answered.wait()
+                timings[name].append((time.perf_counter() - started) / requests * 1e6)
+                protocol.connection_lost(None)
+        for permit in held:
+            permit.release(completed=False)  # type: ignore[union-attr]
+    return {name: round(statistics.median(values), 1) for name, values in timings.items()}
+
+
 async def main(args: argparse.Namespace) -> None:
     print(json.dumps(await limiter_costs(args.calls)), flush=True)
     print(json.dumps(await app_costs(args.requests, args.rounds)), flush=True)
+    print(json.dumps(await protocol_costs(args.requests, args.rounds)), flush=True)
 
 
 if __name__ == "__main__":

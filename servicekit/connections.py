@@ -18,6 +18,10 @@ fails, and with uvloop not a line is logged.
   the new connection gets `503` and is closed. Either way it is logged and counted, and
   accepting never reaches EMFILE.
 
+It is also admission's front door: when the lifespan state holds a `ShedGate`, a request the
+gate refuses gets its `503` written here, once its body has been read and discarded, without an
+ASGI scope, task or middleware (servicekit.admission._gate).
+
 `raise_open_files_limit` lifts the soft descriptor limit to the hard one at start-up, and
 `watch_accept_errors` logs and counts the accept failures the stdlib loop reports.
 """
@@ -38,6 +42,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import GATE_KEY, Refusal, ShedGate
 from .logging import get_logger
 
 STATE_KEY = "connection_events"
@@ -155,10 +160,11 @@ def _response(status: bytes, body: bytes, *extra: bytes) -> bytes:
 
 _REQUEST_TIMEOUT = _response(b"408 Request Timeout", b'{"detail":"Request not received in time"}')
 _NO_DESCRIPTORS = _response(b"503 Service Unavailable", b'{"detail":"Too many connections"}', b"retry-after: 1")
+_STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a request read timeout and a connection cap."""
+    """uvicorn's httptools protocol with a request read timeout, a connection cap and admission's door."""
 
     _read_timeout: float | None = None
     _cap: int | None = None
@@ -176,6 +182,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_timer: asyncio.TimerHandle | None = None
         self._idle = True  # no request between its first byte and its response
         self._reading_headers = False
+        self._refusal: tuple[Refusal, bool] | None = None  # refused at the door (keep-alive?); body being discarded
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         assert self._cap is not None
@@ -208,11 +215,52 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
-        super().on_headers_complete()
+        if not self._refused_at_the_door():
+            super().on_headers_complete()
+
+    def _refused_at_the_door(self) -> bool:
+        gate: ShedGate | None = self.app_state.get(GATE_KEY)
+        # Only with nothing ahead of it on this connection (pipelined answers keep their order
+        # through uvicorn), a client that reads its answers (the app's path waits for a slow
+        # reader) and no 100-continue or upgrade to honour.
+        if gate is None or not (self.cycle is None or self.cycle.response_complete) or self.flow.write_paused:
+            return False
+        if self.expect_100_continue or self.parser.should_upgrade():
+            return False
+        path = self.root_path.encode() + self.url.partition(b"?")[0]  # a %-encoded one is left to the app
+        refusal = gate.sheds(self.parser.get_method(), path, self.headers)
+        if refusal is None:
+            return False
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()  # as uvicorn
+        self._refusal = (refusal, keep_alive)
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if self._refusal is None:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refusal is not None:
+            self._disarm_read_timer()
+            self._refuse(*self._refusal)
+            return
         super().on_message_complete()
         self._disarm_read_timer()
+
+    def _refuse(self, refusal: Refusal, keep_alive: bool) -> None:
+        """Write the gate's 503 as uvicorn would write a response, and carry on as after one."""
+        self._refusal = None
+        if self.transport.is_closing():
+            return  # closed meanwhile (the server shutting down): nobody to answer, nothing to count
+        head, body = refusal.answer(self.headers)
+        content = [_STATUS_503]
+        for name, value in self.server_state.default_headers:  # date, server: as on every answer
+            content += (name, b": ", value, b"\r\n")
+        content += (head, b"\r\n" if keep_alive else b"connection: close\r\n\r\n", body)
+        self.transport.write(b"".join(content))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # keep-alive timer, pipelined requests, reading resumed
 
     def on_response_complete(self) -> None:
         self._idle = True
@@ -235,7 +283,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_timer = None
         if self.transport.is_closing():
             return
-        if not self._idle and (self._reading_headers or not self.cycle.response_started):
+        if not self._idle and (self._reading_headers or self._refusal is not None or not self.cycle.response_started):
             self.transport.write(_REQUEST_TIMEOUT)  # a request began: say why it ends
         self._report("read_timeout")
         self.transport.close()

@@ -8,9 +8,10 @@ outside every user middleware, so its 500 would leave without the request id.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-import uuid
+from collections.abc import Iterable
 
 import structlog
 from starlette.routing import Match
@@ -39,6 +40,18 @@ def _route_template(scope: Scope) -> str:
         if match == Match.FULL:
             return str(getattr(route, "path", scope["path"]))
     return "unmatched"
+
+
+def request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID if it is a sane one, else a new id (shared with the protocol-level 503)."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+    # 128 random bits in hex, as uuid4().hex but without building a UUID (0.5 us instead of 2.3:
+    # it is paid by every request, and by every 503 of an overload).
+    return os.urandom(16).hex()
 
 
 async def _send_json(send: Send, status: int, body: dict[str, str], request_id: str) -> None:
@@ -135,12 +148,7 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _request_id(scope: Scope) -> str:
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                candidate: str = value.decode("latin-1")
-                if _VALID_REQUEST_ID.match(candidate):
-                    return candidate
-        return uuid.uuid4().hex
+        return request_id(scope["headers"])
 
     def _declared_too_large(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:

@@ -6,7 +6,7 @@ from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
 
-from servicekit.admission import Limiter
+from servicekit.admission import Limiter, ShedGate
 from servicekit.connections import ConnectionEvents
 
 from ..agent.agent import PersonalizedAgents
@@ -32,6 +32,7 @@ class State(TypedDict):
     deliverer: Deliverer
     rate_limiter: RateLimiter | None
     admission: Limiter | None
+    admission_gate: ShedGate | None  # servicekit.admission.GATE_KEY
     connection_events: ConnectionEvents
     authenticator: Authenticator | None
     conversations: Conversations

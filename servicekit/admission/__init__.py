@@ -2,11 +2,13 @@
 
 `Limiter` decides (configured once from an `AdmissionPolicy`, shared by every request);
 `AdmissionMiddleware` applies it to the work routes and answers `503` + `Retry-After` to what
-it sheds; `commit_reply` marks where a route's reply becomes permanent. See `_gradient` for
-the algorithm and `testing.FakeClock` for deterministic tests. Time comes from a
-`resilience.TimerClock` (`resilience.SystemClock` by default): one clock protocol for the project.
+it sheds; `ShedGate` lets the server's protocol write that `503` itself, before any ASGI work;
+`commit_reply` marks where a route's reply becomes permanent. See `_gradient` for the algorithm
+and `testing.FakeClock` for deterministic tests. Time comes from a `resilience.TimerClock`
+(`resilience.SystemClock` by default): one clock protocol for the project.
 """
 
+from ._gate import GATE_KEY, Refusal, ShedGate
 from ._limiter import Limiter, Permit, Shed, ShedReason
 from ._metrics import AdmissionMetrics
 from ._middleware import CLIENT_CLOSED_REQUEST, STATE_KEY, AdmissionMiddleware, ClientGone, commit_reply
@@ -14,6 +16,7 @@ from ._policy import AdmissionPolicy
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
+    "GATE_KEY",
     "STATE_KEY",
     "AdmissionMetrics",
     "AdmissionMiddleware",
@@ -21,7 +24,9 @@ __all__ = [
     "ClientGone",
     "Limiter",
     "Permit",
+    "Refusal",
     "Shed",
+    "ShedGate",
     "ShedReason",
     "commit_reply",
 ]

@@ -37,6 +37,9 @@ class AdmissionMetrics:
         self.cancelled = Counter(
             f"{prefix}_admission_cancelled_total", "Runs cancelled because their client left", registry=registry
         )
+        # Each reason's child bound at its first use (a series appears once it counts something):
+        # under overload every refusal counts, and a label look-up costs more than the increment.
+        self._events: dict[str, Counter] = {"cancelled": self.cancelled}
 
     def bind(self, limiter: Limiter) -> None:
         if multiprocess_dir() is None:  # one process: read the limiter when scraped, at no cost per request
@@ -60,8 +63,8 @@ class AdmissionMetrics:
         write()
 
     def on_event(self, name: str) -> None:
-        """An `AdmissionMiddleware` hook."""
-        if name == "cancelled":
-            self.cancelled.inc()
-        else:
-            self.shed.labels(name).inc()
+        """An `AdmissionMiddleware` and `ShedGate` hook."""
+        counter = self._events.get(name)
+        if counter is None:
+            counter = self._events[name] = self.shed.labels(name)
+        counter.inc()

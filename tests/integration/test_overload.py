@@ -119,7 +119,12 @@ def test_past_the_limit_and_the_queue_chat_answers_503_at_once_and_health_is_nev
         thread.join(30)
     assert [out[0].status_code for _, out in [*runs, queued]] == [200, 200, 200]
     assert metric(url, 'chat_admission_shed_total{reason="queue_full"}') >= 1
+    assert metric(url, 'http_requests_total{method="POST",route="/chat/",status="503"}') >= 1
     assert metric(url, "chat_admission_limit") == 2
+    # Refused by the server's protocol at the door: counted above, and no access line (a flood of
+    # refusals must not flood the log).
+    access = [json.loads(line) for line in stack.chat.log_path.read_text().splitlines() if '"event": "request"' in line]
+    assert access and not [line for line in access if line["status"] == 503]
     stack.drained()
     assert stack.counted("full-refused") == 0 and stack.counted("full-queued") == 1
 

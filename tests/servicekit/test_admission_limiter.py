@@ -119,6 +119,40 @@ async def test_the_queue_refuses_at_once_when_the_wait_would_pass_half_the_deadl
     assert lim.in_flight == 0
 
 
+async def test_would_shed_says_what_acquire_would_do_and_changes_nothing():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=2, min_limit=1, queue_timeout=0.1)
+    assert not lim.would_shed() and not lim.loop_lag.running  # asking starts nothing
+    run_batch(lim, clock, 2, 0.04)  # 20 ms per place in line: two places fit half the deadline
+    held = [await lim.acquire() for _ in range(2)]
+    assert not lim.would_shed()  # full, but the queue is worth joining
+    queued = [asyncio.create_task(lim.acquire()) for _ in range(2)]
+    await asyncio.sleep(0)
+    state = (lim.in_flight, lim.queued, lim.limit)
+    assert lim.would_shed() and lim.would_shed()
+    assert (lim.in_flight, lim.queued, lim.limit) == state  # no slot taken, no place in line
+    with pytest.raises(Shed):
+        await lim.acquire()  # and acquire agrees
+    held[0].release(completed=False)  # the head of the queue gets the slot: still full
+    await asyncio.sleep(0)
+    assert lim.in_flight == 2 and lim.queued == 1 and not lim.would_shed()  # one place ahead: worth it
+    for task in queued:
+        task.cancel()
+    await asyncio.gather(*queued, return_exceptions=True)
+    for permit in [held[1], *(task.result() for task in queued if not task.cancelled())]:
+        permit.release(completed=False)
+    assert lim.in_flight == 0 and not lim.would_shed()
+
+
+async def test_without_a_queue_would_shed_is_exactly_a_full_limit():
+    lim = limiter(FakeClock(), initial_limit=1, min_limit=1, queue_timeout=0)
+    assert not lim.would_shed()
+    permit = lim.try_acquire()
+    assert permit is not None and lim.would_shed()
+    permit.release(completed=True)
+    assert not lim.would_shed()
+
+
 async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot_is_not_lost():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=1, min_limit=1)

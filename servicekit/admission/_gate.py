@@ -1,0 +1,124 @@
+"""Refusing at the door: the 503 the server's protocol writes itself, before any ASGI work.
+
+Under overload most requests to a work route are refused. Through the ASGI stack each refusal
+costs a scope, a request-response cycle, a task and the middleware stack, on the one core that
+should be serving the admitted ones; that cost is what bounds goodput at 3x overload
+(docs/overload.md). `ShedGate` lives in the lifespan state (`GATE_KEY`), and the connection
+guard (`servicekit.connections.GuardedHttpToolsProtocol`) asks it once a request's headers are
+parsed: for a work route the limiter would refuse right now (`Limiter.would_shed`, the same
+decision `try_acquire`/`enqueue` make), the protocol discards the body and writes the answer
+built here. The middleware stays the second line: it still sheds what the gate lets through
+(queue timeouts, a slot taken meanwhile) and everything when no server asks the gate (tests
+through an in-process ASGI transport).
+
+The answer is the middleware's: `503`, `Retry-After`, the same JSON body and an `X-Request-ID`.
+It is counted as the middleware counts it (`on_event("queue_full")` and the request metrics'
+`503` for the route), and not logged per request: a flood must not flood the log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import Counter, Histogram
+
+from ..metrics import HttpMetrics
+from ..middleware import request_id
+from ._limiter import Limiter
+from ._middleware import OVERLOADED
+
+GATE_KEY = "admission_gate"
+
+
+class _Route:
+    """A work route's request metrics, bound at its first refusal (as the middleware's series
+    appear): from then on a refusal costs an increment, not a label look-up."""
+
+    __slots__ = ("_labels", "_latency", "_metrics", "_requests")
+
+    def __init__(self, method: str, path: str, metrics: HttpMetrics | None) -> None:
+        self._metrics, self._labels = metrics, (method, path)
+        self._requests: Counter | None = None
+        self._latency: Histogram | None = None
+
+    def count(self, seconds: float) -> None:
+        if self._requests is None or self._latency is None:
+            if self._metrics is None:
+                return
+            self._requests = self._metrics.requests.labels(*self._labels, "503")
+            self._latency = self._metrics.latency.labels(*self._labels)
+        self._requests.inc()
+        self._latency.observe(seconds)
+
+
+class Refusal:
+    """One request the gate refuses; `answer` once its body has been read (and discarded)."""
+
+    __slots__ = ("_gate", "_route", "_started")
+
+    def __init__(self, gate: ShedGate, route: _Route) -> None:
+        self._gate, self._route, self._started = gate, route, time.perf_counter()
+
+    def answer(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        """Counts the refusal; returns its header lines (each ending in CRLF) and its body."""
+        return self._gate._answer(self._route, self._started, headers)
+
+
+class ShedGate:
+    """Says which requests to refuse before they are built, and what to answer them.
+
+    `routes` are the middleware's: (method, exact path). Left to the app, as before: a request
+    that carries `Origin` (its CORS middleware must add its headers to any answer a browser may
+    read) and one whose declared body is over `max_body_bytes` (it answers 413 whatever the load).
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        routes: Iterable[tuple[str, str]],
+        retry_after: int = 1,
+        on_event: Callable[[str], None] | None = None,
+        metrics: HttpMetrics | None = None,
+        max_body_bytes: int | None = None,
+    ) -> None:
+        self._limiter = limiter
+        self._max_body = max_body_bytes
+        self._routes = {(method.encode("ascii"), path.encode("ascii")): _Route(method, path, metrics) for method, path in routes}
+        self._on_event = on_event or (lambda _: None)
+        body = json.dumps(OVERLOADED).encode()  # the very bytes the middleware sends
+        self._head = b"content-type: application/json\r\ncontent-length: %d\r\nretry-after: %d\r\nx-request-id: " % (
+            len(body),
+            retry_after,
+        )
+        self._body = body
+
+    def sheds(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Refusal | None:
+        """A `Refusal` if this request is to be refused now, else None (serve it as usual).
+
+        `path` is the raw one, without the query: a %-encoded path is not matched and goes on to
+        the app, whose middleware decides on the decoded path.
+        """
+        route = self._routes.get((method, path))
+        if route is None or not self._limiter.would_shed():
+            return None
+        for name, value in headers:
+            if name == b"origin":
+                return None
+            if name == b"content-length" and self._max_body is not None and _over(value, self._max_body):
+                return None
+        return Refusal(self, route)
+
+    def _answer(self, route: _Route, started: float, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        self._on_event("queue_full")
+        route.count(time.perf_counter() - started)
+        return self._head + request_id(headers).encode() + b"\r\n", self._body
+
+
+def _over(length: bytes, limit: int) -> bool:
+    try:
+        return int(length) > limit
+    except ValueError:
+        return True  # the app says what is wrong with it
