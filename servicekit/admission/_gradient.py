@@ -90,8 +90,7 @@ class GradientLimit:
         self._window, self._busiest = [], 0
         self._next_update = now + self._policy.update_interval
         saturated = busiest >= int(self._limit)
-        late = self._loop_lag() >= self._policy.congested_lag
-        self._congested = saturated and late
+        self._congested = saturated and self._loop_lag() >= self._policy.congested_lag
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took
             # the CPU, a cold start): cutting would only refuse requests that are not the cause.
@@ -102,11 +101,8 @@ class GradientLimit:
             window.sort()
             median = window[len(window) // 2]
             gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
-        if gradient >= 1.0 and (busiest < self._limit / 2 or late):
-            # Not limited by us: no evidence that more would be fine. Nor while the loop runs late
-            # below the limit: the process is already short of CPU (a flood it cannot even read fast
-            # enough never reaches the limit), and a limit grown then would admit the flood later.
-            return
+        if gradient >= 1.0 and busiest < self._limit / 2:
+            return  # not limited by us: no evidence that more would be fine
         target = gradient * self._limit
         self._limit = min(float(self._policy.max_limit), max(float(self._policy.min_limit), target + math.sqrt(target)))
         self._stuck = self._stuck + 1 if int(self._limit) <= self._policy.min_limit else 0
