@@ -209,6 +209,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return bool(victims)
 
     def on_message_begin(self) -> None:
+        # A request pipelined behind one refused at the door is parsed after that refusal armed
+        # the keep-alive timer (inside the same feed_data); uvicorn disarms it only on new data.
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         self._idle, self._reading_headers = False, True
         self._arm_read_timer()

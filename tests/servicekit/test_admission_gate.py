@@ -88,19 +88,30 @@ def build(server: Server) -> ASGIApp:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await server.release.wait()
+        return {"slow": "done"}
+
     app.add_middleware(AdmissionMiddleware, routes=ROUTES, on_event=admission_metrics.on_event)
     app.add_middleware(RequestContextMiddleware, metrics=http_metrics, max_body_bytes=MAX_BODY)
     return _Recorder(app, server.reached_app)
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    """A limit of one and no queue: whoever holds the slot makes every other work request shed."""
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    """A limit of one and no queue: whoever holds the slot makes every other work request shed.
+
+    Parametrize indirectly with a keep-alive timeout in seconds (uvicorn's default, 5, otherwise).
+    """
     policy = AdmissionPolicy(min_limit=1, initial_limit=1, max_limit=1, queue_timeout=0)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     state = Server(sock.getsockname()[1], Limiter(policy), CollectorRegistry())
-    config = uvicorn.Config(build(state), http=GuardedHttpToolsProtocol, lifespan="on", log_level="warning")
+    keep_alive = getattr(request, "param", 5)
+    config = uvicorn.Config(
+        build(state), http=GuardedHttpToolsProtocol, lifespan="on", log_level="warning", timeout_keep_alive=keep_alive
+    )
     uv = uvicorn.Server(config)
     task = asyncio.create_task(uv.serve(sockets=[sock]))
     while not uv.started:
@@ -245,6 +256,23 @@ async def test_pipelined_requests_are_answered_in_order(server):
         answers = [await read_answer(reader) for _ in range(2)]
         assert [(a.status, json.loads(a.body)) for a in answers] == [(200, {"done": "1"}), (200, {"done": "2"})]
     assert server.shed_counts() == (2, 2)
+
+
+@pytest.mark.parametrize("server", [0.3], indirect=True)
+async def test_a_request_pipelined_behind_a_refusal_is_not_cut_off_by_the_keep_alive_timeout(server):
+    held = server.limiter.try_acquire()
+    assert held is not None
+    async with connection(server.port) as (reader, writer):
+        # One write: the refusal is answered while the parser reads on, so the request behind it
+        # must not inherit the keep-alive timer meant for an idle connection.
+        writer.write(post({"n": 1}) + b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await read_answer(reader)).status == 503
+        await asyncio.sleep(0.8)  # well past the 0.3 s keep-alive timeout, the slow request still running
+        server.release.set()
+        async with asyncio.timeout(5):
+            answer = await read_answer(reader)
+        assert (answer.status, json.loads(answer.body)) == (200, {"slow": "done"})
+    held.release(completed=False)
 
 
 @pytest.mark.parametrize(
