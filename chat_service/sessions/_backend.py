@@ -50,7 +50,12 @@ class Backend(Protocol):
         """
 
     async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
-        """Store the turn's `items` (if any), `trim` to `trim_to` items (if given), release the lock."""
+        """Store the turn's `items` (if any), `trim` to `trim_to` items (if given), release the lock.
+
+        Called again with the same arguments when it failed (`Conversations.retry_later`): a store
+        that does this in several steps empties `items` once they are stored, so that a retry after
+        a failed trim or unlock does not store the turn twice.
+        """
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
         """Store `record` unless a live one exists: None when stored (or already held by `record.token`), else the live record."""
@@ -85,6 +90,7 @@ class ComposedTurns:
         try:
             if items:
                 await self.session(key).add_items(items)
+                items.clear()  # stored: a retry of this close only trims and unlocks (see the protocol)
             if trim_to is not None:
                 await self.trim(key, trim_to)
         finally:

@@ -160,7 +160,8 @@ class Conversations:
         turn.closed = True
         over = items is not None and turn._stored + len(items) > self.max_items
         key, token, trim_to = turn._key, turn._token, self.max_items if over else None
-        await self.settle("close", lambda: backend.close_turn(key, token, items, trim_to), frees_only=items is None)
+        owned = None if items is None else list(items)  # the store may empty it once stored (retries)
+        await self.settle("close", lambda: backend.close_turn(key, token, owned, trim_to), frees_only=items is None)
 
     async def settle(self, operation: str, call: Callable[[], Awaitable[object]], *, frees_only: bool) -> None:
         """Run a store call that must not be lost: past a cancelled request, and again in the
@@ -178,7 +179,8 @@ class Conversations:
     def retry_later(self, operation: str, call: Callable[[], Awaitable[object]], *, frees_only: bool) -> None:
         """Try a failed store call again in the background after `CLOSE_RETRIES`, until it succeeds.
 
-        For calls safe to repeat (each checks the token): a turn's close, freeing a lock or a key.
+        For calls safe to repeat: a turn's close (a store that closes in steps empties the items
+        it stored, so a retry only trims and unlocks), freeing a lock or a key (each checks the token).
         `frees_only`: the call only frees something a lease frees anyway, so it is skipped while the
         breaker is open (and shutdown need not wait for a dead store).
         """

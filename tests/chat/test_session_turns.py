@@ -116,6 +116,31 @@ async def test_every_store_trims_exactly_where_the_rule_cuts(backend):
         assert await backend.session(key).get_items() == items[keep_from(starts, keep) :], (starts, keep)
 
 
+async def test_a_close_retried_after_its_unlock_failed_stores_the_turn_once(backend, monkeypatch):
+    """PostgreSQL and Redis store, trim and unlock in separate calls: a retry must not store again.
+
+    (SQLite closes in one transaction that takes no unlock call; there the close simply succeeds.)
+    """
+    conversations = conversations_on(backend)
+    unlock = getattr(backend, "unlock", None)
+    failed: list[str] = []
+    if unlock is not None:
+
+        async def unlock_failing_once(key: str, token: str) -> None:
+            if not failed:
+                failed.append(key)
+                raise ConnectionError("the unlock's reply was lost")
+            await unlock(key, token)
+
+        monkeypatch.setattr(backend, "unlock", unlock_failing_once)
+    turn = [asked("first"), answered("one")]  # short: twice over would still fit MAX_ITEMS and show
+    user = f"u-{uuid.uuid4().hex}"  # Redis keeps what earlier runs stored
+    await store_turn(conversations, user, turn)
+    await conversations.drain()  # the background retry has run
+    assert plain(await history(conversations, user)) == turn
+    assert failed or unlock is None
+
+
 async def test_taking_a_lock_again_with_the_same_token_succeeds_and_with_another_fails(backend):
     key = conversation_key(f"u-{uuid.uuid4().hex[:8]}", "s-1")
     assert await backend.open_turn(key, "run-1", 30.0) == []
