@@ -42,24 +42,29 @@ class _Watch:
     __slots__ = ("_reader", "_task", "cancelled_run", "committed", "gone", "responded")
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
-        self._task = task
+        self._task: asyncio.Task[object] | None = task
         self.committed = False
         self.responded = False  # the whole response was sent (the server then reports a disconnect too)
         self.gone = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read(receive))
+        self._reader: asyncio.Future[None] | None = asyncio.ensure_future(self._read(receive))
         self.cancelled_run = False
 
     async def _read(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass  # nothing else can arrive after the body; keep waiting for the end
         self.gone.set()
-        if not self.committed:
+        if not self.committed and self._task is not None:
             self.cancelled_run = True
             self._task.cancel()
 
     def stop(self) -> None:
         self.committed = True
-        self._reader.cancel()
+        # Drop both tasks: the request's scope holds this watch, so keeping them would make every
+        # request a reference cycle (task -> frames -> scope -> watch -> task) that only the
+        # cyclic GC frees, with the reader's CancelledError and traceback attached.
+        reader, self._reader, self._task = self._reader, None, None
+        if reader is not None:
+            reader.cancel()
 
 
 def commit_reply(request: Request) -> None:

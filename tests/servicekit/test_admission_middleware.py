@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -301,3 +302,25 @@ async def test_a_reply_recorded_after_the_response_is_complete_is_not_taken_for_
         client = Client()
         await h.start(client, "/record-after-reply")
         assert h.recorded == ["after-reply"] and client.status == 200 and h.events == []
+
+
+async def test_a_finished_request_leaves_no_reference_cycle_for_the_garbage_collector():
+    """Under load every cycle waits for the cyclic GC (CPU and pauses): reference counting must free a request's watch."""
+
+    def watches() -> int:
+        return sum(1 for o in gc.get_objects() if type(o).__name__ == "_Watch")
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with harness() as h:
+            h.release_work.set()
+            client = Client()
+            await h.start(client)
+            for _ in range(5):
+                await asyncio.sleep(0)  # the connection reader's cancellation runs to its end
+            assert client.status == 200
+            del client
+            assert watches() == 0
+    finally:
+        gc.enable()
