@@ -82,6 +82,7 @@ class ChaosRun:
     sessions: int = 3  # per user
     think: float = 0.02
     breaker_reset: float = 2.0
+    sessions_url: str | None = None  # the conversation store; None: chat's default SQLite file
     replies: list[Reply] = field(default_factory=list)
     connection_errors: list[float] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
@@ -99,6 +100,7 @@ class ChaosRun:
             env=analytics_env(f"sqlite:///{self.work}/analytics.sqlite3"),
         )
         reset = str(self.breaker_reset)
+        store = {} if self.sessions_url is None else {"CHAT_SESSIONS_URL": self.sessions_url}
         self.chat = ServiceProcess(
             "chat_service.main:app",
             log_path=self.work / "chat.log",
@@ -108,6 +110,7 @@ class ChaosRun:
                 CHAT_ANALYTICS_READ__BREAKER_RESET=reset,
                 CHAT_ANALYTICS_RECORD__BREAKER_RESET=reset,
                 CHAT_SESSION_MAX_ITEMS="10000",  # every turn of the run stays, for the check
+                **store,
             ),
         )
         self._running = True

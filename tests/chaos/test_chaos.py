@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import uuid
+from collections.abc import Callable, Iterator
 
+import asyncpg
 import pytest
 
 from load_tests.chaos import Timings, run_chaos
+
+from ..conftest import POSTGRES_URL, REDIS_URL
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -14,10 +21,39 @@ READ_DEADLINE = 0.5
 RESET = 2.0
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("redis", marks=pytest.mark.redis)],
+)
+def report(request, tmp_path_factory):
+    """One run per conversation store: chat's SQLite default, PostgreSQL and Redis (shared by replicas)."""
     timings = Timings(baseline=3, down=3, frozen=3, recovery=4, tail=3)
-    return run_chaos(tmp_path_factory.mktemp("chaos"), timings, workers=6, breaker_reset=RESET)
+    with conversation_store(request.param) as sessions_url:
+        return run_chaos(tmp_path_factory.mktemp("chaos"), timings, workers=6, breaker_reset=RESET, sessions_url=sessions_url)
+
+
+@contextlib.contextmanager
+def conversation_store(kind: str) -> Iterator[str | None]:
+    if kind == "sqlite":
+        yield None
+    elif kind == "redis":
+        yield REDIS_URL  # the run's users carry a random prefix: nothing to clean up between runs
+    else:
+        schema = asyncio.run(_in_postgres(lambda name: f"CREATE SCHEMA {name}"))
+        try:
+            yield f"{POSTGRES_URL}?search_path={schema}"
+        finally:
+            asyncio.run(_in_postgres(lambda name: f"DROP SCHEMA {name} CASCADE", schema))
+
+
+async def _in_postgres(statement: Callable[[str], str], schema: str | None = None) -> str:
+    name = schema or f"chaos_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(statement(name))
+    finally:
+        await admin.close()
+    return name
 
 
 def test_every_reply_is_a_200(report):
