@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 import uvloop
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from uvicorn.server import ServerState
 
 from chat_service.core.config import Settings
@@ -69,7 +70,8 @@ def _scope(state: dict[str, Any], method: str, path: str) -> dict[str, Any]:
     }
 
 
-async def app_costs(requests: int, rounds: int) -> dict[str, float]:
+def _chat_app() -> FastAPI:
+    """Chat as shipped, offline, with no admission queue (every excess request is refused at once)."""
     work = Path(tempfile.mkdtemp(prefix="bench-admission-"))
     settings = Settings(
         outbox_path=str(work / "outbox.sqlite3"),
@@ -79,7 +81,11 @@ async def app_costs(requests: int, rounds: int) -> dict[str, float]:
         analytics_url="http://127.0.0.1:9",
         admission={"queue_timeout": 0},  # type: ignore[arg-type]
     )
-    app = create_app(settings)
+    return create_app(settings)
+
+
+async def app_costs(requests: int, rounds: int) -> dict[str, float]:
+    app = _chat_app()
     statuses: list[int] = []
 
     async def receive() -> dict[str, Any]:
@@ -136,16 +142,7 @@ class _Transport:
 
 async def protocol_costs(requests: int, rounds: int) -> dict[str, float]:
     """Microseconds per request fed as bytes to the protocol, answered; the app's tasks run on this loop."""
-    work = Path(tempfile.mkdtemp(prefix="bench-admission-"))
-    settings = Settings(
-        outbox_path=str(work / "outbox.sqlite3"),
-        llm_provider="offline",
-        log_level="WARNING",
-        log_format="json",
-        analytics_url="http://127.0.0.1:9",
-        admission={"queue_timeout": 0},  # type: ignore[arg-type]
-    )
-    app = create_app(settings)
+    app = _chat_app()
     chat = b"POST /chat/ HTTP/1.1\r\nHost: chat\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)
     requests_by_name = {
         "door_503_us": (True, chat + BODY),

@@ -33,7 +33,7 @@ from asgi_lifespan import LifespanManager
 
 from chat_service.core.config import AdmissionSettings, Settings
 from chat_service.main import create_app
-from chat_service.sessions import open_conversations
+from chat_service.sessions import Conversations, open_conversations
 
 
 def _analytics(request: httpx.Request) -> httpx.Response:
@@ -86,21 +86,26 @@ async def added_per_chat(rounds: int, per_round: int, sessions: int) -> None:
     print(f"added by sessions, p50: {(p50_on - p50_off) * 1e3:.3f} ms (goal <= 1 ms)")
 
 
+async def _sqlite_conversations(resources: AsyncExitStack, url: str, max_items: int) -> Conversations:
+    """Conversations on a SQLite file with generous timeouts: the benchmark measures work, not waits."""
+    return await open_conversations(
+        resources,
+        url=url,
+        max_items=max_items,
+        ttl=3600,
+        call_timeout=30,
+        lock_wait=30,
+        run_deadline=30,
+        idempotency_ttl=3600,
+        on_failure=lambda op, reason: print("store failure", op, reason),
+    )
+
+
 async def bounded_at_scale(concurrent: int, turns: int, max_items: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sessions.sqlite3"
         async with AsyncExitStack() as resources:
-            conversations = await open_conversations(
-                resources,
-                url=f"sqlite:///{path}",
-                max_items=max_items,
-                ttl=3600,
-                call_timeout=30,
-                lock_wait=30,
-                run_deadline=30,
-                idempotency_ttl=3600,
-                on_failure=lambda op, reason: print("store failure", op, reason),
-            )
+            conversations = await _sqlite_conversations(resources, f"sqlite:///{path}", max_items)
 
             async def converse(n: int) -> None:
                 for t in range(turns):
@@ -133,17 +138,7 @@ async def _closes(max_items: int, sessions: int, turns: int) -> tuple[list[float
     """Per-turn and per-close seconds of `turns` turns in each of `sessions` conversations of 100 items."""
     with tempfile.TemporaryDirectory() as tmp:
         async with AsyncExitStack() as resources:
-            conversations = await open_conversations(
-                resources,
-                url=f"sqlite:///{tmp}/sessions.sqlite3",
-                max_items=max_items,
-                ttl=3600,
-                call_timeout=30,
-                lock_wait=30,
-                run_deadline=30,
-                idempotency_ttl=3600,
-                on_failure=lambda op, reason: print("store failure", op, reason),
-            )
+            conversations = await _sqlite_conversations(resources, f"sqlite:///{tmp}/sessions.sqlite3", max_items)
             for t in range(50):
                 for n in range(sessions):
                     async with conversations.turn(f"user{n}", "s") as turn:
