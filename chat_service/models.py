@@ -7,6 +7,7 @@ is the tutorial's.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -16,6 +17,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Ro
 from servicekit.validation import KEY_PATTERN, IsoDatetime, UserId
 
 MAX_TEXT_CHARS = 100_000  # a hard ceiling; CHAT_MAX_TEXT_CHARS sets the working cap below it
+
+# One character that is white space neither to JSON Schema (ECMA-262 `\s`) nor to Python
+# (`str.isspace`, which is also what Python's `\s` means): the two disagree on U+001C-U+001F and
+# U+0085 (space to Python only) and U+FEFF (space to ECMA only). Naming the union in both engines
+# makes the documented pattern and the server's blank check the same rule, so a schema-valid
+# text such as "\u0085" is never refused as blank.
+VISIBLE_CHARACTER = r"[^\s\u001c-\u001f\u0085\ufeff]"
+_VISIBLE = re.compile(VISIBLE_CHARACTER)
+
+
+def is_blank(text: str) -> bool:
+    """True when the text has no character that either JSON Schema or Python counts as visible."""
+    return _VISIBLE.search(text) is None
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -71,7 +85,7 @@ class ChatMessage(BaseModel):
     text: Annotated[
         str,
         StringConstraints(max_length=MAX_TEXT_CHARS),
-        Field(description="What the user says; not blank", json_schema_extra={"pattern": r"\S"}),
+        Field(description="What the user says; not blank", json_schema_extra={"pattern": VISIBLE_CHARACTER}),
     ]
     metadata: Metadata = Field(default_factory=Metadata)
     tags: Annotated[list[Tag], Field(max_length=16, description="At most 16, each 1-64 characters")] | None = None

@@ -33,7 +33,7 @@ from ..auth import Caller
 from ..core.config import Settings
 from ..core.metrics import ChatMetrics
 from ..delivery import Deliverer
-from ..models import ChatMessage, ChatReply, ReplyMetadata
+from ..models import ChatMessage, ChatReply, ReplyMetadata, is_blank
 from ..outbox import Outbox, OutboxRefused
 from ..rate_limit import RateLimiter
 from ..sessions import Conversations
@@ -80,7 +80,7 @@ class ChatTurns:
     def check(self, message: ChatMessage, caller: Caller | None) -> None:
         """Who may send it and whether it can be answered at all; each refusal is an HTTPException."""
         user_id = acting_user(caller, message.user_id)
-        if not message.text.strip():
+        if is_blank(message.text):
             raise HTTPException(400, "Message text cannot be empty")
         if len(message.text) > self.settings.max_text_chars:
             raise _text_too_long(self.settings.max_text_chars)

@@ -11,6 +11,7 @@ import httpx
 
 from chat_service.agent.agent import BASE_INSTRUCTIONS, build_agent
 from chat_service.agent.offline_model import OfflineModel
+from chat_service.models import VISIBLE_CHARACTER, ChatMessage, is_blank
 from tests.chat.conftest import MESSAGE, drained
 
 
@@ -95,10 +96,25 @@ def test_personalizing_never_touches_the_shared_agent():
 
 
 async def test_empty_text_is_the_tutorials_400(chat):
-    for text in ("", "   ", "\n\t"):
+    # \u3000 is space to both JSON Schema and Python; \ufeff only to JSON Schema, \x85 and \x1c only to Python.
+    for text in ("", "   ", "\n\t", "\u3000", "\ufeff", "\x85", " \x1c "):
         response = await chat.post("/chat/", json={"user_id": "bob", "text": text})
-        assert response.status_code == 400
+        assert response.status_code == 400, repr(text)
         assert response.json() == {"detail": "Message text cannot be empty"}
+
+
+# ECMA-262's WhiteSpace and LineTerminator, which is what `\s` means in a JSON Schema pattern.
+ECMA_SPACE = {*"\t\n\v\f\r \xa0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff", *map(chr, range(0x2000, 0x200B))}
+
+
+def test_blank_means_space_to_json_schema_or_to_python():
+    # A client validating against the schema and the server must agree: text that is space to
+    # either is blank (400), anything else is a message.
+    assert ChatMessage.model_json_schema()["properties"]["text"]["pattern"] == VISIBLE_CHARACTER
+    for code in [*range(0x3100), 0xFEFF, 0xFFFD, 0x1F600]:
+        character = chr(code)
+        assert is_blank(character) == (character.isspace() or character in ECMA_SPACE), hex(code)
+    assert not is_blank("\x85 hi\ufeff")
 
 
 async def test_request_ids_reach_analytics_and_come_back(chat_with):
