@@ -24,6 +24,7 @@ from servicekit.tracing import Tracing
 from servicekit.transport import AiohttpTransport
 
 from .agent.agent import PersonalizedAgents, build_agent
+from .agent.direct_run import DirectRuns
 from .agent.llm import build_llm, log_model_event
 from .analytics_client import AnalyticsClient
 from .api import chat, conversations, health, users
@@ -129,7 +130,8 @@ def create_app(
                 hooks=hooks,
             )
             metrics.watch_breaker(conversations.guarded.target)
-            agents = PersonalizedAgents(build_agent(llm.model, tracer=tracer))
+            agent = build_agent(llm.model, tracer=tracer)
+            agents = PersonalizedAgents(agent)
             freeze_startup_objects()
             log.info(
                 "chat_started",
@@ -145,6 +147,7 @@ def create_app(
                 "metrics": metrics,
                 "analytics": analytics,
                 "agents": agents,
+                "runs": DirectRuns(agent, llm.run_config),
                 "llm": llm,
                 "outbox": outbox,
                 "deliverer": deliverer,

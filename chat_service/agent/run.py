@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agents import Agent, AgentsException, RunConfig, Runner
+from agents import Agent, AgentsException
 from agents.items import TResponseInputItem
 from opentelemetry.trace import Span
 
 from servicekit.logging import get_logger
 
+from .direct_run import DirectRuns
 from .model_errors import ModelCallError
 from .resilient_model import model_run_scope
 from .tools import ChatContext
@@ -45,7 +46,7 @@ async def run_agent(
     text: str,
     context: ChatContext,
     *,
-    run_config: RunConfig,
+    runs: DirectRuns,
     deadline: float,
     max_turns: int,
     tracing: RunTracing | None = None,
@@ -54,11 +55,9 @@ async def run_agent(
     """Run `agent` on `text` after the conversation's `history`; with `tracing`, the run is an
     `invoke_agent` span (see `.tracing`)."""
     if tracing is None:
-        return await _run(agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns, history=history)
+        return await _run(agent, text, context, runs=runs, deadline=deadline, max_turns=max_turns, history=history)
     with agent_run_span(tracing.tracer, agent.name, tracing.model, text, content=tracing.content) as span:
-        reply = await _run(
-            agent, text, context, run_config=run_config, deadline=deadline, max_turns=max_turns, span=span, history=history
-        )
+        reply = await _run(agent, text, context, runs=runs, deadline=deadline, max_turns=max_turns, span=span, history=history)
         span.set_attribute("chat.llm.offline_fallback", reply.offline)
         if tracing.content:
             record_reply(span, reply.text)
@@ -70,7 +69,7 @@ async def _run(
     text: str,
     context: ChatContext,
     *,
-    run_config: RunConfig,
+    runs: DirectRuns,
     deadline: float,
     max_turns: int,
     span: Span | None = None,
@@ -81,13 +80,13 @@ async def _run(
         with model_run_scope(deadline) as scope:
             async with asyncio.timeout(deadline):
                 given = [*history, said] if history else text
-                result = await Runner.run(agent, input=given, context=context, run_config=run_config, max_turns=max_turns)
+                outcome = await runs.run(agent, given, context, max_turns=max_turns)
     except Exception as error:
         raise as_llm_failure(error) from None
-    reply = checked_reply(result.final_output)
+    reply = checked_reply(outcome.final_output)
     if span is not None:
-        record_usage(span, result.context_wrapper.usage)
-    items = [said, *(item.to_input_item() for item in result.new_items)]
+        record_usage(span, outcome.usage)
+    items = [said, *outcome.items]
     return Reply(reply, offline=scope.answered_offline, items=items)
 
 

@@ -10,6 +10,7 @@ from servicekit.admission import Limiter, ShedGate
 from servicekit.connections import ConnectionEvents
 
 from ..agent.agent import PersonalizedAgents
+from ..agent.direct_run import DirectRuns
 from ..agent.llm import LLM
 from ..analytics_client import AnalyticsClient
 from ..auth import Authenticator
@@ -27,6 +28,7 @@ class State(TypedDict):
     metrics: ChatMetrics
     analytics: AnalyticsClient
     agents: PersonalizedAgents
+    runs: DirectRuns
     llm: LLM
     outbox: Outbox
     deliverer: Deliverer

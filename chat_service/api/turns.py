@@ -24,6 +24,7 @@ from servicekit.admission import commit_reply
 from servicekit.logging import get_logger
 
 from ..agent.agent import PersonalizedAgents
+from ..agent.direct_run import DirectRuns
 from ..agent.llm import LLM
 from ..agent.run import LLMFailure, Reply, run_agent
 from ..agent.stream import StreamedRun, stream_agent
@@ -61,7 +62,7 @@ def _text_too_long(limit: int) -> HTTPException:
 class ChatTurns:
     """What a chat turn needs from the lifespan, and the steps around its run."""
 
-    __slots__ = ("agents", "analytics", "conversations", "deliverer", "limiter", "llm", "metrics", "outbox", "settings")
+    __slots__ = ("agents", "analytics", "conversations", "deliverer", "limiter", "llm", "metrics", "outbox", "runs", "settings")
 
     def __init__(self, request: Request) -> None:
         # One dependency instead of one per resource: FastAPI resolves each dependency per request
@@ -71,6 +72,7 @@ class ChatTurns:
         self.metrics: ChatMetrics = state.metrics
         self.analytics: AnalyticsClient = state.analytics
         self.agents: PersonalizedAgents = state.agents
+        self.runs: DirectRuns = state.runs
         self.llm: LLM = state.llm
         self.outbox: Outbox = state.outbox
         self.deliverer: Deliverer = state.deliverer
@@ -112,7 +114,7 @@ class ChatTurns:
                 turn.agent,
                 turn.message.text,
                 turn.context,
-                run_config=self.llm.run_config,
+                runs=self.runs,
                 deadline=self.settings.run_deadline,
                 max_turns=self.settings.max_turns,
                 tracing=self.llm.tracing,
