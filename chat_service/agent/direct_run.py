@@ -13,9 +13,10 @@ decide it. Anything else (a tool call, a refusal, a reasoning item, no text) goe
 from there: tool execution, max turns, errors, all its own. A model call is never made twice.
 
 Only an agent and run configuration this reproduces are run directly (`direct_run_supported`):
-string instructions, function tools that are always enabled, no handoffs, guardrails, hooks,
-output type, prompt or MCP servers, the SDK's tracing off, and every other `RunConfig` field at
-its default. Anything else, and any SDK version not checked (`CHECKED_VERSIONS`), runs through
+string instructions, function tools that are always enabled and uniquely named, no handoffs,
+guardrails, hooks, output type, prompt or MCP servers, no runner-managed retries or call timeout
+in the model settings, a model with no per-run clean-up and no generated prompt cache key, the
+SDK's tracing off, and every other `RunConfig` field at its default. Anything else, and any SDK version not checked (`CHECKED_VERSIONS`), runs through
 `Runner.run` as before. `tests/chat/test_direct_run.py` runs both paths on the same scripted
 answers and compares what the model was asked and what the run returned.
 """
@@ -31,7 +32,7 @@ from typing import Any
 
 from agents import Agent, FunctionTool, Model, ModelTracing, RunConfig, RunContextWrapper, Runner, Usage
 from agents.items import ItemHelpers, ModelResponse, TResponseInputItem
-from agents.run_internal.items import deduplicate_input_items_preferring_latest
+from agents.run_internal.items import deduplicate_input_items_preferring_latest, prepare_model_input_items
 from openai.types.responses import ResponseOutputMessage, ResponseOutputRefusal
 
 CHECKED_VERSIONS = ("0.24.",)
@@ -66,9 +67,14 @@ def direct_run_supported(agent: Agent[Any], run_config: RunConfig) -> bool:
                 return False
         elif field.name not in _UNUSED_FIELDS and getattr(run_config, field.name) != getattr(default, field.name):
             return False
+    settings = agent.model_settings
+    model = agent.model
     return (
         isinstance(agent.instructions, str)
-        and isinstance(agent.model, Model)
+        and isinstance(model, Model)
+        and _model_needs_nothing_around_its_calls(model)
+        and settings.retry is None  # the SDK's runner-managed retries and call timeout
+        and settings.timeout is None
         and agent.prompt is None
         and agent.output_type is None
         and agent.hooks is None
@@ -78,6 +84,16 @@ def direct_run_supported(agent: Agent[Any], run_config: RunConfig) -> bool:
         and not agent.mcp_servers
         and agent.tool_use_behavior == "run_llm_again"
         and all(type(tool) is FunctionTool and tool.is_enabled is True for tool in agent.tools)
+        and len({tool.name for tool in agent.tools}) == len(agent.tools)  # the SDK would drop or refuse a twin
+    )
+
+
+def _model_needs_nothing_around_its_calls(model: Model) -> bool:
+    """No per-run clean-up and no generated prompt cache key: what the SDK adds around a model's
+    calls, and neither a direct run nor `_Primed` reproduces."""
+    supports_cache_key = getattr(model, "_supports_default_prompt_cache_key", None)
+    return type(model)._cleanup_on_run_end is Model._cleanup_on_run_end and not (
+        callable(supports_cache_key) and supports_cache_key()
     )
 
 
@@ -93,7 +109,10 @@ class DirectRuns:
         if not self.direct:
             return await self._sdk_run(agent, given, context, max_turns)
         wrapper = RunContextWrapper(context)
-        input_items = deduplicate_input_items_preferring_latest(ItemHelpers.input_to_new_input_list(given))
+        # The SDK's first-turn input: normalized for the API, then deduplicated.
+        input_items = deduplicate_input_items_preferring_latest(
+            prepare_model_input_items(ItemHelpers.input_to_new_input_list(given))
+        )
         model: Model = agent.model  # type: ignore[assignment]  # a Model: direct_run_supported
         response = await model.get_response(
             agent.instructions,  # type: ignore[arg-type]  # a str: direct_run_supported
@@ -136,7 +155,9 @@ def final_text(output: Sequence[Any]) -> str | None:
 
 class _Primed(Model):
     """`model`, except that the first call answers with `first` (a response already received
-    for exactly that call); later calls, streams and retry advice go to `model`."""
+    for exactly that call); later calls, streams and retry advice go to `model`. Only wraps a
+    model with nothing to do around its calls (`_model_needs_nothing_around_its_calls`), so the
+    base class's no-op clean-up and the absent cache-key hook are `model`'s own answers too."""
 
     def __init__(self, model: Model, first: ModelResponse) -> None:
         self._model = model

@@ -19,6 +19,7 @@ from agents import (
     Agent,
     AgentHooks,
     GuardrailFunctionOutput,
+    ModelRetrySettings,
     ModelSettings,
     ModelTracing,
     RunConfig,
@@ -39,7 +40,7 @@ from openai.types.responses import (
 from openai.types.responses.response_reasoning_item import Summary
 from prometheus_client import CollectorRegistry
 
-from chat_service.agent import direct_run
+from chat_service.agent import direct_run, sdk_gather, sdk_shims
 from chat_service.agent.agent import PersonalizedAgents, build_agent
 from chat_service.agent.direct_run import DirectRuns, direct_run_supported, final_text
 from chat_service.agent.llm import build_llm
@@ -111,6 +112,20 @@ class Scripted(Model):
         raise NotImplementedError
 
 
+class CacheKeyModel(Scripted):
+    """A model the SDK gives a generated `prompt_cache_key` (as it does the OpenAI models)."""
+
+    def _supports_default_prompt_cache_key(self) -> bool:
+        return True
+
+
+class CleanupModel(Scripted):
+    """A model the SDK calls after each run."""
+
+    async def _cleanup_on_run_end(self, owner: object) -> None:
+        return None
+
+
 @function_tool
 async def lookup(city: str) -> str:
     """The weather in a city."""
@@ -128,6 +143,13 @@ def agent_on(model: Model, **changes: Any) -> Agent[Any]:
     return base.clone(**changes) if changes else base
 
 
+@pytest.fixture(autouse=True)
+def _shims_as_in_production() -> None:
+    # Chat runs the SDK with its shims installed (`build_agent`); compare against that SDK.
+    sdk_shims.install()
+    sdk_gather.install()
+
+
 async def both(
     script: Sequence[ModelResponse | Exception], given: Any = "hello", *, max_turns: int = 6, **changes: Any
 ) -> tuple[tuple[Any, list[dict[str, Any]]], tuple[Any, list[dict[str, Any]]]]:
@@ -137,7 +159,7 @@ async def both(
         model = Scripted(script)
         agent = agent_on(model, **changes)
         runs = DirectRuns(agent, RUN_CONFIG)
-        assert runs.direct is (not changes), "the cases without changes are the direct path's"
+        assert runs.direct, "every compared case is one the direct path takes"
         try:
             if direct:
                 outcome = await runs.run(agent, copy.deepcopy(given), None, max_turns=max_turns)
@@ -193,6 +215,10 @@ CASES = {
     ),
     "a failing tool: the model is told, the run goes on": ([answer(call("broken")), answer(message("Sorry."))], "break it"),
     "arguments that are not JSON": ([answer(call("lookup", "{not json")), answer(message("Oops."))], "weather?"),
+    "a tool call, then text, in one answer": (
+        [answer(call("lookup", '{"city": "Rome"}'), message("Checking.")), answer(message("Sunny."))],
+        "weather?",
+    ),
     "a tool the agent does not have": ([answer(call("missing"))], "hello"),
     "a refusal": ([answer(message(refusal="I can't help with that."))], "hello"),
     "text and a refusal in one message": ([answer(message("Well,", refusal="no."))], "hello"),
@@ -218,6 +244,33 @@ async def test_a_direct_run_answers_and_asks_as_the_sdks_run(case: str) -> None:
     (direct, direct_calls), (sdk, sdk_calls) = await both(script, given)
     assert direct == sdk
     assert direct_calls == sdk_calls
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ModelSettings(temperature=0.2, max_tokens=50),
+        ModelSettings(tool_choice="required"),
+        ModelSettings(parallel_tool_calls=False),
+    ],
+    ids=["sampling", "tool choice required", "no parallel tool calls"],
+)
+@pytest.mark.parametrize("case", ["a plain answer", "a tool call, then an answer"])
+async def test_an_agents_own_model_settings_reach_the_model_as_in_the_sdks_run(case: str, settings: ModelSettings) -> None:
+    # "required" is sent on the first call and reset by the SDK after the tool ran.
+    script, given = CASES[case]
+    (direct, direct_calls), (sdk, sdk_calls) = await both(script, given, model_settings=settings)
+    assert direct == sdk
+    assert direct_calls == sdk_calls
+
+
+async def test_history_items_are_cleaned_as_the_sdk_cleans_them() -> None:
+    history = copy.deepcopy(HISTORY)
+    history[1]["created_by"] = "a server"  # output-only metadata, never sent back to the API
+    (direct, direct_calls), (sdk, sdk_calls) = await both([answer(message("ok"))], history)
+    assert direct == sdk
+    assert direct_calls == sdk_calls
+    assert "created_by" not in direct_calls[0]["input"][1]
 
 
 async def test_max_turns_end_both_runs_alike() -> None:
@@ -257,11 +310,30 @@ async def test_a_plain_answer_never_enters_the_sdks_runner(monkeypatch: pytest.M
         {"input_guardrails": [input_guardrail(lambda context, agent, given: GuardrailFunctionOutput(None, False))]},
         {"tool_use_behavior": "stop_on_first_tool"},
         {"tools": [function_tool(lookup.on_invoke_tool, name_override="x", is_enabled=lambda ctx, agent: True)]},  # type: ignore[call-overload]
+        {"tools": [lookup, function_tool(lookup.on_invoke_tool, name_override="lookup")]},  # type: ignore[call-overload]
+        {"model_settings": ModelSettings(retry=ModelRetrySettings(max_retries=2))},
+        {"model_settings": ModelSettings(timeout=5.0)},
+        {"model": CacheKeyModel([])},
+        {"model": CleanupModel([])},
     ],
-    ids=["callable instructions", "handoffs", "output type", "hooks", "guardrail", "tool use behaviour", "callable is_enabled"],
+    ids=[
+        "callable instructions",
+        "handoffs",
+        "output type",
+        "hooks",
+        "guardrail",
+        "tool use behaviour",
+        "callable is_enabled",
+        "two tools of one name",
+        "the runner's retries",
+        "the runner's call timeout",
+        "a model taking a generated prompt cache key",
+        "a model cleaned up after each run",
+    ],
 )
 def test_agents_the_direct_path_does_not_reproduce_run_through_the_sdk(changes: dict[str, Any]) -> None:
-    agent = agent_on(Scripted([]), **changes)
+    changes = dict(changes)
+    agent = agent_on(changes.pop("model", Scripted([])), **changes)
     assert not direct_run_supported(agent, RUN_CONFIG)
 
 
