@@ -1,4 +1,7 @@
-"""Whole turns, and lock takes and key claims idempotent for their token, on every store (real SQLite, PostgreSQL, Redis)."""
+"""Whole turns, and lock takes and key claims idempotent for their token, on every store (real SQLite, PostgreSQL, Redis).
+
+A take or a claim whose reply is lost or cut short by a cancelled request, a key's release and a key's
+reply whose store failed: none holds the conversation or the key until its lease runs out."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -232,6 +235,114 @@ async def test_a_failed_run_whose_key_release_was_lost_frees_the_key_in_the_back
     again = await claim_when_free(conversations, user, body)  # not a 409 for the lease
     async with again:  # leaving it unfinished frees it again
         assert again.replay is None  # the failed run stored no reply: the retry runs
+
+
+class ReplyHeldBack:
+    """A store call that the store applies at once, and whose reply waits until the test lets it go:
+    the moment a client that leaves cancels its request between the two."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        self.call = call
+        self.applied = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def __call__(self, *args: Any) -> Any:
+        result = await self.call(*args)
+        self.applied.set()
+        await self.let_go.wait()
+        return result
+
+
+async def leave_mid_call(request: Awaitable[Any], held: ReplyHeldBack) -> None:
+    """Run `request` until the store applied its call, cancel it (the client left), then let the reply go."""
+    task = asyncio.ensure_future(request)
+    await held.applied.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(2.0):  # a hang guard: the reply is held back until after this
+            await task  # ends at once, not when the store answers
+    held.let_go.set()
+
+
+async def test_a_lock_take_cut_short_by_a_cancelled_request_does_not_lock_the_conversation_for_the_lease(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)  # lease 30 s, lock wait 1 s
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    held = ReplyHeldBack(backend.open_turn)
+    monkeypatch.setattr(backend, "open_turn", held)
+    await leave_mid_call(history(conversations, user), held)
+    # The store took the lock for the request that left: its token is freed, not kept for the lease.
+    assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
+    await conversations.drain()
+
+
+async def test_a_key_claim_cut_short_by_a_cancelled_request_does_not_hold_the_key_for_the_lease(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    held = ReplyHeldBack(backend.claim)
+    monkeypatch.setattr(backend, "claim", held)
+    await leave_mid_call(idempotency.begin(conversations, user, "order-7", body), held)
+    retried = await claim_when_free(conversations, user, body)  # 409 for at most a second, not the 30 s lease
+    assert retried.replay is None  # the request that left stored no reply: the retry runs
+    async with retried:
+        await retried.finish("booked")
+    assert (await idempotency.begin(conversations, user, "order-7", body)).replay == "booked"
+    await conversations.drain()
+
+
+async def test_a_reply_whose_store_failed_is_stored_in_the_background_and_the_retry_gets_it(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    finish, failed = backend.finish, []
+
+    async def finish_failing_once(*args: Any) -> None:
+        if not failed:
+            failed.append(args)
+            raise ConnectionError("the store could not be reached")
+        await finish(*args)
+
+    monkeypatch.setattr(backend, "finish", finish_failing_once)
+    claim = await idempotency.begin(conversations, user, "order-7", body)
+    async with claim:
+        await claim.finish("booked")  # counted, not raised: the reply still went out
+    retried = await claim_when_free(conversations, user, body)  # not a 409 for the lease
+    assert failed and retried.replay == "booked"  # the stored reply, not a second run of the model
+    await conversations.drain()
+
+
+@pytest.mark.redis
+async def test_a_reply_whose_store_was_reset_is_stored_in_the_background_on_redis(redis_behind_proxy) -> None:
+    proxy, conversations = redis_behind_proxy
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    async with await idempotency.begin(conversations, user, "order-7", body) as claim:
+        proxy.set(Fault("reset", 1.0))  # the finish never reaches Redis
+        await claim.finish("booked")
+    proxy.set(Fault("pass"))
+    retried = await claim_when_free(conversations, user, body)
+    assert retried.replay == "booked"
+
+
+@pytest.mark.redis
+async def test_a_lock_take_cut_short_while_its_reply_is_late_does_not_lock_the_conversation_on_redis(
+    redis_behind_proxy,
+) -> None:
+    proxy, conversations = redis_behind_proxy
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    proxy.set(Fault("latency", 0.2))  # Redis takes the lock at once; its reply comes 0.2 s later
+    request = asyncio.create_task(history(conversations, user))
+    await asyncio.sleep(0.05)  # the take is on its way (under the 0.3 s socket timeout either way)
+    request.cancel()  # the client left
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    proxy.set(Fault("pass"))
+    assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
 
 
 async def test_a_tool_using_turn_longer_than_max_items_is_remembered_through_the_api(tmp_path, analytics_transport, store_url):
