@@ -58,10 +58,18 @@ class Backend(Protocol):
         """
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
-        """Store `record` unless a live one exists: None when stored (or already held by `record.token`), else the live record."""
+        """Store `record` unless a live one exists: None when stored (or already held by `record.token`), else the live record.
+
+        A claim (like a take) whose reply was lost or whose request was cancelled is undone by
+        `release` with its token (`Conversations.take`).
+        """
 
     async def finish(self, key: str, token: str, reply: str, ttl: float) -> None:
-        """Attach the reply to the record `token` holds and keep it for `ttl` seconds."""
+        """Attach the reply to the record `token` holds and keep it for `ttl` seconds.
+
+        Called again with the same arguments when it failed (`Claim.finish` through
+        `Conversations.settle`): it writes only a record `token` still holds, the same reply each time.
+        """
 
     async def release(self, key: str, token: str) -> None:
         """Forget the record `token` holds (its run failed)."""
