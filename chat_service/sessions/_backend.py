@@ -30,6 +30,11 @@ class Backend(Protocol):
     """One store: SQL (SQLite, PostgreSQL) or Redis. Every call may raise; the caller bounds and counts that."""
 
     name: str
+    # Whether a call gives the event loop away mid-call (it awaits the network or a thread). A call
+    # that never does (SQLite's, on the loop) runs whole between two of the request's awaits, so a
+    # cancelled request can never cut it: `Conversations.take` then skips the task that keeps a
+    # take or claim going past the request.
+    calls_suspend: bool
 
     async def start(self) -> None:
         """Create what is missing (tables) and start background work (the TTL sweep)."""

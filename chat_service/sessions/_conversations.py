@@ -30,7 +30,9 @@ _POLL = 0.02
 # take or key claim that failed, a failed release of a key and a key's failed finish (its reply), use the
 # same schedule.
 CLOSE_RETRIES = (0.1, 0.5, 2.0)
-# A take or claim cut short by a cancelled request, once it ended in the background: free its token at once.
+# A take or claim cut short by a cancelled request, once it returned in the background holding the lock or
+# key: free its token at once. One that failed frees on `CLOSE_RETRIES`: its write may still be on its way
+# to the store (a COMMIT whose reply was late), and a free sent ahead of it would free nothing.
 FREE_RETRIES = (0.0, *CLOSE_RETRIES)
 
 
@@ -141,14 +143,17 @@ class Conversations:
         if backend is None:
             return Turn([], self, key, token, 0, False, closed=True)
 
-        async def take() -> list[Any] | None:
+        async def take_lock() -> list[Any] | None:
             return await backend.open_turn(key, token, self.lease)
 
         async def free() -> None:  # frees the lock if our token holds it; stores nothing
             await backend.close_turn(key, token, None, None)
 
+        def holds(raw: list[Any] | None) -> bool:
+            return raw is not None  # None: another run holds the conversation, we hold nothing
+
         try:
-            while (raw := await self.take("open", take, free_operation="close", free=free)) is None:
+            while (raw := await self.take("open", take_lock, holds=holds, free_operation="close", free=free)) is None:
                 if time.monotonic() >= deadline:
                     raise Busy()
                 await asyncio.sleep(_POLL)
@@ -164,40 +169,57 @@ class Conversations:
         operation: str,
         call: Callable[[], Awaitable[T]],
         *,
+        holds: Callable[[T], bool],
         free_operation: str,
         free: Callable[[], Awaitable[object]],
     ) -> T:
         """Run a lock take or a key claim (`call`); `free` frees our token when the caller cannot know whether it holds it.
 
-        In two cases the store may have applied the take without the caller learning so, and the
-        conversation or key would then answer 409 until the lease runs out:
+        `holds(result)`: whether a take that returned `result` holds the lock or key (not when it
+        found another request's). In two cases the store may have applied the take without the
+        caller learning so, and the conversation or key would then answer 409 until the lease runs out:
         - the call failed (a timeout, a reset; not the breaker's refusal, which sends nothing): it
           may have been applied and only its reply lost; `StoreUnavailable` is raised as before and
           our token is freed in the background (`retry_later`);
         - the request was cancelled mid-call (the client left, admission cancelled the run): the
           call goes on in the background, so it is never cut between applied and answered, and
-          when it ends (bounded by the store timeout) our token is freed at once, then again on the
-          retry schedule if that fails. The request itself ends at once, without waiting for the store.
+          when it ends (bounded by the store timeout) our token is freed (`_free_after_cut`).
+          The request itself ends at once, without waiting for the store.
+        A store whose calls never give the loop away (`Backend.calls_suspend` False: SQLite) cannot
+        be cut mid-call, so its takes run directly, without the task that costs ~10 us each.
         """
-        attempt = asyncio.ensure_future(self.guarded.call(operation, call))
+        attempt: asyncio.Future[T] | None = None
+        if self.backend is not None and self.backend.calls_suspend:
+            attempt = asyncio.ensure_future(self.guarded.call(operation, call))
         try:
-            return await asyncio.shield(attempt)
+            return await (self.guarded.call(operation, call) if attempt is None else asyncio.shield(attempt))
         except StoreUnavailable as failure:
             if failure.reason != "breaker_open":
                 self.retry_later(free_operation, free, frees_only=True)
             raise
         except asyncio.CancelledError:
-            self._background(self._free_after_cut(attempt, free_operation, free))
+            if attempt is not None:  # else the call ran whole before the cancellation landed
+                self._background(self._free_after_cut(attempt, holds, free_operation, free))
             raise
 
-    async def _free_after_cut(self, attempt: asyncio.Future[Any], operation: str, free: Callable[[], Awaitable[object]]) -> None:
+    async def _free_after_cut(
+        self,
+        attempt: asyncio.Future[T],
+        holds: Callable[[T], bool],
+        operation: str,
+        free: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Free the token of a take whose request was cancelled, once the take ended in the background."""
         try:
-            await attempt  # the take, going on past its cancelled request; `guarded` counts a failure
+            result = await attempt  # the take, going on past its cancelled request; `guarded` counts a failure
         except StoreUnavailable as failure:
             if failure.reason == "breaker_open":
                 return  # refused before anything was sent: nothing to free
-        # Taken or not (freeing checks the token, so freeing what we do not hold changes nothing).
-        await self._retry(operation, free, True, FREE_RETRIES)
+            # It may yet be applied (its write still on its way): free after CLOSE_RETRIES' first pause.
+            await self._retry(operation, free, True, CLOSE_RETRIES, done_event="session_cut_call_freed")
+            return
+        if holds(result):  # applied, and nobody left to use it
+            await self._retry(operation, free, True, FREE_RETRIES, done_event="session_cut_call_freed")
 
     async def close(self, turn: Turn, items: list[TResponseInputItem] | None) -> None:
         """Store `items` (when given), trim to whole turns within `max_items`, free the shared lock: one store call."""
@@ -241,7 +263,13 @@ class Conversations:
         task.add_done_callback(self._retries.discard)
 
     async def _retry(
-        self, operation: str, call: Callable[[], Awaitable[object]], frees_only: bool, delays: tuple[float, ...]
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[object]],
+        frees_only: bool,
+        delays: tuple[float, ...],
+        *,
+        done_event: str = "session_call_done_late",
     ) -> None:
         for tries, delay in enumerate(delays, start=1):
             await asyncio.sleep(delay)
@@ -252,14 +280,20 @@ class Conversations:
                     await call()
             except Exception:
                 continue
-            log.info("session_call_done_late", operation=operation, after_tries=tries)
+            log.info(done_event, operation=operation, after_tries=tries)
             return
         log.warning("session_call_not_done", operation=operation, lease_frees_it=True)
+
+    def drain_budget(self) -> float:
+        """The longest a background retry can take: a cut take's own call (its store timeout), then the
+        longer schedule, each try bounded by the store timeout."""
+        timeout = self.guarded.timeout
+        return timeout + max(sum(delays) + timeout * len(delays) for delays in (CLOSE_RETRIES, FREE_RETRIES))
 
     async def drain(self) -> None:
         """Let pending background retries finish (at shutdown, before the store closes)."""
         if self._retries:
-            await asyncio.wait(self._retries, timeout=sum(CLOSE_RETRIES) + self.guarded.timeout * len(CLOSE_RETRIES))
+            await asyncio.wait(self._retries, timeout=self.drain_budget())
         for retry in list(self._retries):
             retry.cancel()
 

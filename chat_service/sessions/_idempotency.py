@@ -95,6 +95,7 @@ async def begin(conversations: Conversations, user_id: str, key: str | None, bod
         live = await conversations.take(
             "idempotency_claim",
             lambda: backend.claim(store_key, mine, conversations.lease),
+            holds=lambda live: live is None,  # None: stored (ours); else another request's live record
             free_operation="idempotency_release",
             free=lambda: backend.release(store_key, mine.token),
         )
