@@ -30,6 +30,11 @@ class Backend(Protocol):
     """One store: SQL (SQLite, PostgreSQL) or Redis. Every call may raise; the caller bounds and counts that."""
 
     name: str
+    # Whether a call gives the event loop away mid-call (it awaits the network or a thread). A call
+    # that never does (SQLite's, on the loop) runs whole between two of the request's awaits, so a
+    # cancelled request can never cut it: `Conversations.take` then skips the task that keeps a
+    # take or claim going past the request.
+    calls_suspend: bool
 
     async def start(self) -> None:
         """Create what is missing (tables) and start background work (the TTL sweep)."""
@@ -58,10 +63,18 @@ class Backend(Protocol):
         """
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
-        """Store `record` unless a live one exists: None when stored (or already held by `record.token`), else the live record."""
+        """Store `record` unless a live one exists: None when stored (or already held by `record.token`), else the live record.
+
+        A claim (like a take) whose reply was lost or whose request was cancelled is undone by
+        `release` with its token (`Conversations.take`).
+        """
 
     async def finish(self, key: str, token: str, reply: str, ttl: float) -> None:
-        """Attach the reply to the record `token` holds and keep it for `ttl` seconds."""
+        """Attach the reply to the record `token` holds and keep it for `ttl` seconds.
+
+        Called again with the same arguments when it failed (`Claim.finish` through
+        `Conversations.settle`): it writes only a record `token` still holds, the same reply each time.
+        """
 
     async def release(self, key: str, token: str) -> None:
         """Forget the record `token` holds (its run failed)."""

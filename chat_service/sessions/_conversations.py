@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from agents.items import TResponseInputItem
 from fastapi import HTTPException
@@ -21,13 +21,19 @@ from ._guarded import Guarded, StoreUnavailable
 from ._keys import conversation_key, holder_token
 from ._turns import whole_turns
 
+T = TypeVar("T")
 log = get_logger("sessions")
 TURN_AT = "_turn_at"  # set on a turn's user item in the store; removed before the model sees it
 _POLL = 0.02
 # A turn whose close failed (say, another writer held SQLite's file a moment too long) is stored, and its
 # conversation freed, by these later tries; without them the lock would wait out its whole lease. A lock
-# take or key claim that failed, and a failed release of a key, free their token on the same schedule.
+# take or key claim that failed, a failed release of a key and a key's failed finish (its reply), use the
+# same schedule.
 CLOSE_RETRIES = (0.1, 0.5, 2.0)
+# A take or claim cut short by a cancelled request, once it returned in the background holding the lock or
+# key: free its token at once. One that failed frees on `CLOSE_RETRIES`: its write may still be on its way
+# to the store (a COMMIT whose reply was late), and a free sent ahead of it would free nothing.
+FREE_RETRIES = (0.0, *CLOSE_RETRIES)
 
 
 class Busy(HTTPException):
@@ -136,21 +142,84 @@ class Conversations:
         token = holder_token()
         if backend is None:
             return Turn([], self, key, token, 0, False, closed=True)
+
+        async def take_lock() -> list[Any] | None:
+            return await backend.open_turn(key, token, self.lease)
+
+        async def free() -> None:  # frees the lock if our token holds it; stores nothing
+            await backend.close_turn(key, token, None, None)
+
+        def holds(raw: list[Any] | None) -> bool:
+            return raw is not None  # None: another run holds the conversation, we hold nothing
+
         try:
-            while (raw := await self.guarded.call("open", lambda: backend.open_turn(key, token, self.lease))) is None:
+            while (raw := await self.take("open", take_lock, holds=holds, free_operation="close", free=free)) is None:
                 if time.monotonic() >= deadline:
                     raise Busy()
                 await asyncio.sleep(_POLL)
-        except StoreUnavailable as failure:
-            if failure.reason != "breaker_open":
-                # The take may have been applied and only its reply lost (a timeout, a reset): free
-                # our token, or the conversation would answer 409 until the lease runs out.
-                self.retry_later("close", lambda: backend.close_turn(key, token, None, None), frees_only=True)
+        except StoreUnavailable:
             # Without the store, the in-process lock is all there is: the chat still answers.
             return Turn([], self, key, token, 0, False, closed=True)
         # The store holds whole turns already; this also mends one trimmed mid-turn by an older
         # version, or holding more than a lowered CHAT_SESSION_MAX_ITEMS (the next close trims it).
         return Turn([_strip(item) for item in whole_turns(raw, self.max_items)], self, key, token, len(raw), True)
+
+    async def take(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        holds: Callable[[T], bool],
+        free_operation: str,
+        free: Callable[[], Awaitable[object]],
+    ) -> T:
+        """Run a lock take or a key claim (`call`); `free` frees our token when the caller cannot know whether it holds it.
+
+        `holds(result)`: whether a take that returned `result` holds the lock or key (not when it
+        found another request's). In two cases the store may have applied the take without the
+        caller learning so, and the conversation or key would then answer 409 until the lease runs out:
+        - the call failed (a timeout, a reset; not the breaker's refusal, which sends nothing): it
+          may have been applied and only its reply lost; `StoreUnavailable` is raised as before and
+          our token is freed in the background (`retry_later`);
+        - the request was cancelled mid-call (the client left, admission cancelled the run): the
+          call goes on in the background, so it is never cut between applied and answered, and
+          when it ends (bounded by the store timeout) our token is freed (`_free_after_cut`).
+          The request itself ends at once, without waiting for the store.
+        A store whose calls never give the loop away (`Backend.calls_suspend` False: SQLite) cannot
+        be cut mid-call, so its takes run directly, without the task that costs ~10 us each.
+        """
+        attempt: asyncio.Future[T] | None = None
+        if self.backend is not None and self.backend.calls_suspend:
+            attempt = asyncio.ensure_future(self.guarded.call(operation, call))
+        try:
+            return await (self.guarded.call(operation, call) if attempt is None else asyncio.shield(attempt))
+        except StoreUnavailable as failure:
+            if failure.reason != "breaker_open":
+                self.retry_later(free_operation, free, frees_only=True)
+            raise
+        except asyncio.CancelledError:
+            if attempt is not None:  # else the call ran whole before the cancellation landed
+                self._background(self._free_after_cut(attempt, holds, free_operation, free))
+            raise
+
+    async def _free_after_cut(
+        self,
+        attempt: asyncio.Future[T],
+        holds: Callable[[T], bool],
+        operation: str,
+        free: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Free the token of a take whose request was cancelled, once the take ended in the background."""
+        try:
+            result = await attempt  # the take, going on past its cancelled request; `guarded` counts a failure
+        except StoreUnavailable as failure:
+            if failure.reason == "breaker_open":
+                return  # refused before anything was sent: nothing to free
+            # It may yet be applied (its write still on its way): free after CLOSE_RETRIES' first pause.
+            await self._retry(operation, free, True, CLOSE_RETRIES, done_event="session_cut_call_freed")
+            return
+        if holds(result):  # applied, and nobody left to use it
+            await self._retry(operation, free, True, FREE_RETRIES, done_event="session_cut_call_freed")
 
     async def close(self, turn: Turn, items: list[TResponseInputItem] | None) -> None:
         """Store `items` (when given), trim to whole turns within `max_items`, free the shared lock: one store call."""
@@ -180,16 +249,29 @@ class Conversations:
         """Try a failed store call again in the background after `CLOSE_RETRIES`, until it succeeds.
 
         For calls safe to repeat: a turn's close (a store that closes in steps empties the items
-        it stored, so a retry only trims and unlocks), freeing a lock or a key (each checks the token).
+        it stored, so a retry only trims and unlocks), freeing a lock or a key, and storing a key's
+        reply (each checks the token, and a reply stored twice is the same reply).
         `frees_only`: the call only frees something a lease frees anyway, so it is skipped while the
         breaker is open (and shutdown need not wait for a dead store).
         """
-        retry = asyncio.ensure_future(self._retry(operation, call, frees_only))
-        self._retries.add(retry)
-        retry.add_done_callback(self._retries.discard)
+        self._background(self._retry(operation, call, frees_only, CLOSE_RETRIES))
 
-    async def _retry(self, operation: str, call: Callable[[], Awaitable[object]], frees_only: bool) -> None:
-        for tries, delay in enumerate(CLOSE_RETRIES, start=1):
+    def _background(self, work: Awaitable[None]) -> None:
+        """Run `work` past the request, tracked so that `drain` waits for it at shutdown."""
+        task = asyncio.ensure_future(work)
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[object]],
+        frees_only: bool,
+        delays: tuple[float, ...],
+        *,
+        done_event: str = "session_call_done_late",
+    ) -> None:
+        for tries, delay in enumerate(delays, start=1):
             await asyncio.sleep(delay)
             if frees_only and self.guarded.breaker.state == "open":
                 break
@@ -198,14 +280,20 @@ class Conversations:
                     await call()
             except Exception:
                 continue
-            log.info("session_call_done_late", operation=operation, after_tries=tries)
+            log.info(done_event, operation=operation, after_tries=tries)
             return
         log.warning("session_call_not_done", operation=operation, lease_frees_it=True)
+
+    def drain_budget(self) -> float:
+        """The longest a background retry can take: a cut take's own call (its store timeout), then the
+        longer schedule, each try bounded by the store timeout."""
+        timeout = self.guarded.timeout
+        return timeout + max(sum(delays) + timeout * len(delays) for delays in (CLOSE_RETRIES, FREE_RETRIES))
 
     async def drain(self) -> None:
         """Let pending background retries finish (at shutdown, before the store closes)."""
         if self._retries:
-            await asyncio.wait(self._retries, timeout=sum(CLOSE_RETRIES) + self.guarded.timeout * len(CLOSE_RETRIES))
+            await asyncio.wait(self._retries, timeout=self.drain_budget())
         for retry in list(self._retries):
             retry.cancel()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from resilience import CircuitBreaker, Event, SystemClock
 from servicekit.logging import get_logger
@@ -65,16 +65,3 @@ class Guarded:
             log.info("session_store_recovered", after=self._down)
             self._down = None
         return result
-
-
-async def past_cancellation(call: Awaitable[T]) -> T:
-    """Await `call` in a task that a cancelled request cannot stop (a store write must finish or fail
-    as a whole); its failure is retrieved even when nobody is left to await it."""
-    task = asyncio.ensure_future(call)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from types import TracebackType
 from typing import Any
 
@@ -10,7 +9,7 @@ from fastapi import HTTPException
 
 from ._backend import IdempotencyRecord
 from ._conversations import Conversations
-from ._guarded import StoreUnavailable, past_cancellation
+from ._guarded import StoreUnavailable
 from ._keys import fingerprint, holder_token, idempotency_key, record_id
 
 
@@ -46,17 +45,19 @@ class Claim:
         self._done = False
 
     async def finish(self, reply: str) -> None:
-        """Keep `reply` for CHAT_IDEMPOTENCY_TTL; a store failure is counted, not raised."""
+        """Keep `reply` for CHAT_IDEMPOTENCY_TTL; a store failure is counted, not raised.
+
+        A finish that fails is tried again in the background (`Conversations.settle`): else the key
+        would stay in flight, and the client's retry answer 409, until the lease ends, and then run
+        the model again. Storing the reply again is safe: each store writes only the record our
+        token holds, and writes the same reply.
+        """
         self._done = True
         conversations, key = self._conversations, self._key
         if conversations is None or key is None or conversations.backend is None:
             return
-        backend = conversations.backend
-        call = conversations.guarded.call(
-            "idempotency_finish", lambda: backend.finish(key, self._token, reply, conversations.idempotency_ttl)
-        )
-        with contextlib.suppress(StoreUnavailable):
-            await past_cancellation(call)
+        backend, token, ttl = conversations.backend, self._token, conversations.idempotency_ttl
+        await conversations.settle("idempotency_finish", lambda: backend.finish(key, token, reply, ttl), frees_only=False)
 
     async def abandon(self) -> None:
         self._done = True
@@ -89,12 +90,16 @@ async def begin(conversations: Conversations, user_id: str, key: str | None, bod
         return claim
     mine = IdempotencyRecord(claim._token, fingerprint(body))
     try:
-        live = await conversations.guarded.call("idempotency_claim", lambda: backend.claim(store_key, mine, conversations.lease))
-    except StoreUnavailable as failure:
-        if failure.reason != "breaker_open":
-            # The claim may have been stored and only its reply lost (a timeout, a reset): free our
-            # token, or the client's retry with this key would answer 409 until the lease ends.
-            conversations.retry_later("idempotency_release", lambda: backend.release(store_key, mine.token), frees_only=True)
+        # A claim whose reply is lost, or cut short by a cancelled request, frees our token in the
+        # background (`Conversations.take`): else the client's retry would answer 409 until the lease ends.
+        live = await conversations.take(
+            "idempotency_claim",
+            lambda: backend.claim(store_key, mine, conversations.lease),
+            holds=lambda live: live is None,  # None: stored (ours); else another request's live record
+            free_operation="idempotency_release",
+            free=lambda: backend.release(store_key, mine.token),
+        )
+    except StoreUnavailable:
         # Without the store the model may run twice, but the record id still counts the message once.
         return Claim(None, None, "", claim.record_id)
     if live is None:

@@ -31,6 +31,7 @@ _FINISH = (
 
 class RedisBackend(ComposedTurns):
     name = "redis"
+    calls_suspend = True
 
     def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         self._redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -57,6 +57,8 @@ def async_url(url: str) -> str:
 
 
 class SqlBackend(ComposedTurns):
+    calls_suspend = True  # asyncpg (or aiosqlite's thread) answers over the loop
+
     def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         address = make_url(async_url(url))
         options = _engine_options(timeout)

@@ -62,6 +62,7 @@ def sqlite_path(url: str) -> Path:
 
 class SqliteBackend:
     name = "sqlite"
+    calls_suspend = False  # every call runs on the loop without awaiting anything
 
     def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         self.path = sqlite_path(url)

@@ -1,4 +1,7 @@
-"""Whole turns, and lock takes and key claims idempotent for their token, on every store (real SQLite, PostgreSQL, Redis)."""
+"""Whole turns, and lock takes and key claims idempotent for their token, on every store (real SQLite, PostgreSQL, Redis).
+
+A take or a claim whose reply is lost or cut short by a cancelled request, a key's release and a key's
+reply whose store failed: none holds the conversation or the key until its lease runs out."""
 
 from __future__ import annotations
 
@@ -6,16 +9,16 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from chat_service.sessions import KeyInFlight, idempotency
+from chat_service.sessions import KeyInFlight, _conversations, idempotency
 from chat_service.sessions._backend import Backend, IdempotencyRecord
 from chat_service.sessions._conversations import Conversations
 from chat_service.sessions._guarded import Guarded
-from chat_service.sessions._keys import conversation_key
+from chat_service.sessions._keys import conversation_key, fingerprint, idempotency_key
 from chat_service.sessions._open import make_backend
 from chat_service.sessions._turns import keep_from
 from load_tests.faultproxy import Fault, FaultProxy
@@ -37,8 +40,8 @@ async def backend(store_url) -> AsyncIterator[Backend]:
         await store.close()
 
 
-def conversations_on(backend: Backend) -> Conversations:
-    guarded = Guarded(timeout=2.0, on_failure=lambda operation, reason: None, emit=lambda event: None)
+def conversations_on(backend: Backend, *, timeout: float = 2.0) -> Conversations:
+    guarded = Guarded(timeout=timeout, on_failure=lambda operation, reason: None, emit=lambda event: None)
     return Conversations(backend, guarded, max_items=MAX_ITEMS, lock_wait=1.0, lease=30.0, idempotency_ttl=60)
 
 
@@ -232,6 +235,284 @@ async def test_a_failed_run_whose_key_release_was_lost_frees_the_key_in_the_back
     again = await claim_when_free(conversations, user, body)  # not a 409 for the lease
     async with again:  # leaving it unfinished frees it again
         assert again.replay is None  # the failed run stored no reply: the retry runs
+
+
+class AppliedAfterTimeout:
+    """A store call that the caller's timeout gives up on, and that the store applies just after
+    (a COMMIT on its way when the client stopped waiting). Later calls go straight through."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        self.call = call
+        self.sent = asyncio.Event()
+        self.applied = asyncio.Event()
+        self._late: asyncio.Task[None] | None = None
+
+    async def __call__(self, *args: Any) -> Any:
+        if self.sent.is_set():
+            return await self.call(*args)
+        self.sent.set()
+        try:
+            await asyncio.Event().wait()  # no reply: the timeout cuts this
+        finally:
+            self._late = asyncio.create_task(self._apply(args))
+
+    async def _apply(self, args: tuple[Any, ...]) -> None:
+        await asyncio.sleep(0.02)
+        await self.call(*args)
+        self.applied.set()
+
+
+class ReplyHeldBack:
+    """A store call that the store applies at once, and whose reply waits until the test lets it go:
+    the moment a client that leaves cancels its request between the two."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        self.call = call
+        self.applied = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def __call__(self, *args: Any) -> Any:
+        result = await self.call(*args)
+        self.applied.set()
+        await self.let_go.wait()
+        return result
+
+
+def hold_back(monkeypatch: pytest.MonkeyPatch, backend: Backend, method: str) -> ReplyHeldBack:
+    """Hold back the replies of `backend.method`. Its wait gives the loop away mid-call, so the backend
+    now says it suspends: SQLite's own calls never do, and no cancellation can cut them."""
+    held = ReplyHeldBack(getattr(backend, method))
+    monkeypatch.setattr(backend, method, held)
+    monkeypatch.setattr(backend, "calls_suspend", True)
+    return held
+
+
+def counted(monkeypatch: pytest.MonkeyPatch, backend: Backend, method: str) -> list[tuple[Any, ...]]:
+    """The calls made to `backend.method` from now on."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(backend, method)
+
+    async def counting(*args: Any) -> Any:
+        calls.append(args)
+        return await real(*args)
+
+    monkeypatch.setattr(backend, method, counting)
+    return calls
+
+
+async def frees_that_hang(monkeypatch: pytest.MonkeyPatch, backend: Backend, *, hanging: int) -> list[float]:
+    """Make the first `hanging` frees of a lock (`close_turn` without items) hang; the times of every free."""
+    close_turn, frees = backend.close_turn, []
+
+    async def close_turn_hanging(key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        frees.append(time.monotonic())
+        if len(frees) <= hanging:
+            await asyncio.Event().wait()
+        await close_turn(key, token, items, trim_to)
+
+    monkeypatch.setattr(backend, "close_turn", close_turn_hanging)
+    return frees
+
+
+async def leave_mid_call(request: Awaitable[Any], held: ReplyHeldBack) -> None:
+    """Run `request` until the store applied its call, cancel it (the client left), then let the reply go."""
+    task = asyncio.ensure_future(request)
+    await held.applied.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(2.0):  # a hang guard: the reply is held back until after this
+            await task  # ends at once, not when the store answers
+    held.let_go.set()
+
+
+async def test_a_lock_take_cut_short_by_a_cancelled_request_does_not_lock_the_conversation_for_the_lease(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)  # lease 30 s, lock wait 1 s
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    held = hold_back(monkeypatch, backend, "open_turn")
+    await leave_mid_call(history(conversations, user), held)
+    # The store took the lock for the request that left: its token is freed, not kept for the lease.
+    assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
+    await conversations.drain()
+
+
+async def test_a_sqlite_take_and_claim_run_whole_on_the_loop_where_no_cancellation_can_cut_them(tmp_path) -> None:
+    backend = make_backend(f"sqlite:///{tmp_path / 'sessions.sqlite3'}", ttl=3600, timeout=2.0)
+    await backend.start()
+    try:
+        conversations, key = conversations_on(backend), conversation_key("u-1", "s-1")
+        record = IdempotencyRecord("t-1", "f")
+        takes = [
+            conversations.take(
+                "open",
+                lambda: backend.open_turn(key, "t-1", 30.0),
+                holds=lambda raw: raw is not None,
+                free_operation="close",
+                free=lambda: backend.close_turn(key, "t-1", None, None),
+            ),
+            conversations.take(
+                "idempotency_claim",
+                lambda: backend.claim("k-1", record, 30.0),
+                holds=lambda live: live is None,
+                free_operation="idempotency_release",
+                free=lambda: backend.release("k-1", "t-1"),
+            ),
+        ]
+        try:
+            for take, taken in zip(takes, [[], None], strict=True):
+                with pytest.raises(StopIteration) as done:
+                    take.send(None)  # one step: it never gave the loop away, so no cancellation could land
+                assert done.value.value == taken
+        finally:
+            for take in takes:
+                take.close()
+    finally:
+        await backend.close()
+
+
+async def test_a_request_cut_while_it_waits_for_a_busy_conversation_leaves_the_holders_lock_alone(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    key = conversation_key(user, "s-1")
+    assert await backend.open_turn(key, "another-run", 30.0) == []  # another run holds the conversation
+    frees = counted(monkeypatch, backend, "close_turn")
+    held = hold_back(monkeypatch, backend, "open_turn")
+    await leave_mid_call(history(conversations, user), held)  # cut while its take found the conversation held
+    await conversations.drain()
+    assert frees == []  # it held nothing, so it sent nothing to free
+    assert await backend.open_turn(key, "a-third-run", 30.0) is None  # the other run still holds it
+
+
+async def test_a_lock_take_that_timed_out_and_was_applied_late_does_not_lock_the_conversation_for_the_lease(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend, timeout=0.2)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    late = AppliedAfterTimeout(backend.open_turn)
+    monkeypatch.setattr(backend, "open_turn", late)
+    monkeypatch.setattr(backend, "calls_suspend", True)
+    request = asyncio.ensure_future(history(conversations, user))
+    await late.sent.wait()
+    request.cancel()  # the client left; the take goes on, times out, and reaches the store after that
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await late.applied.wait()
+    assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
+    await conversations.drain()
+
+
+async def test_shutdown_waits_for_a_cut_take_to_be_freed_through_its_slowest_retries(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = make_backend(f"sqlite:///{tmp_path / 'sessions.sqlite3'}", ttl=3600, timeout=2.0)
+    await backend.start()
+    try:
+        # Short pauses, so that the store timeout's share of the worst case is what matters.
+        monkeypatch.setattr(_conversations, "CLOSE_RETRIES", (0.01, 0.01, 0.01))
+        monkeypatch.setattr(_conversations, "FREE_RETRIES", (0.0, 0.01, 0.01, 0.01))
+        conversations = conversations_on(backend, timeout=0.2)
+        user = f"u-{uuid.uuid4().hex[:8]}"
+        key = conversation_key(user, "s-1")
+        held = hold_back(monkeypatch, backend, "open_turn")
+        frees = await frees_that_hang(monkeypatch, backend, hanging=3)  # each cut by the 0.2 s timeout
+        request = asyncio.ensure_future(history(conversations, user))
+        await held.applied.wait()
+        request.cancel()  # the client left
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        asyncio.get_running_loop().call_later(0.15, held.let_go.set)  # the take's reply, just within its timeout
+        await conversations.drain()  # the shutdown
+        assert len(frees) == 4  # three cut by the timeout, the fourth went through
+        assert await backend.open_turn(key, "the-next-run", 30.0) == []  # free, not held for the lease
+    finally:
+        await backend.close()
+
+
+async def test_a_key_claim_cut_short_by_a_cancelled_request_does_not_hold_the_key_for_the_lease(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    held = hold_back(monkeypatch, backend, "claim")
+    await leave_mid_call(idempotency.begin(conversations, user, "order-7", body), held)
+    retried = await claim_when_free(conversations, user, body)  # 409 for at most a second, not the 30 s lease
+    assert retried.replay is None  # the request that left stored no reply: the retry runs
+    async with retried:
+        await retried.finish("booked")
+    assert (await idempotency.begin(conversations, user, "order-7", body)).replay == "booked"
+    await conversations.drain()
+
+
+async def test_a_request_cut_while_another_request_holds_its_key_leaves_that_key_alone(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    store_key = idempotency_key(user, "order-7")
+    assert await backend.claim(store_key, IdempotencyRecord("another-request", fingerprint(body)), 30.0) is None
+    releases = counted(monkeypatch, backend, "release")
+    held = hold_back(monkeypatch, backend, "claim")
+    await leave_mid_call(idempotency.begin(conversations, user, "order-7", body), held)
+    await conversations.drain()
+    assert releases == []  # it held nothing, so it sent nothing to release
+    with pytest.raises(KeyInFlight):  # the other request still holds the key
+        await idempotency.begin(conversations, user, "order-7", body)
+
+
+async def test_a_reply_whose_store_failed_is_stored_in_the_background_and_the_retry_gets_it(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversations = conversations_on(backend)
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    finish, failed = backend.finish, []
+
+    async def finish_failing_once(*args: Any) -> None:
+        if not failed:
+            failed.append(args)
+            raise ConnectionError("the store could not be reached")
+        await finish(*args)
+
+    monkeypatch.setattr(backend, "finish", finish_failing_once)
+    claim = await idempotency.begin(conversations, user, "order-7", body)
+    async with claim:
+        await claim.finish("booked")  # counted, not raised: the reply still went out
+    retried = await claim_when_free(conversations, user, body)  # not a 409 for the lease
+    assert failed and retried.replay == "booked"  # the stored reply, not a second run of the model
+    await conversations.drain()
+
+
+@pytest.mark.redis
+async def test_a_reply_whose_store_was_reset_is_stored_in_the_background_on_redis(redis_behind_proxy) -> None:
+    proxy, conversations = redis_behind_proxy
+    user, body = f"u-{uuid.uuid4().hex[:8]}", {"text": "book it"}
+    async with await idempotency.begin(conversations, user, "order-7", body) as claim:
+        proxy.set(Fault("reset", 1.0))  # the finish never reaches Redis
+        await claim.finish("booked")
+    proxy.set(Fault("pass"))
+    retried = await claim_when_free(conversations, user, body)
+    assert retried.replay == "booked"
+
+
+@pytest.mark.redis
+async def test_a_lock_take_cut_short_while_its_reply_is_late_does_not_lock_the_conversation_on_redis(
+    redis_behind_proxy,
+) -> None:
+    proxy, conversations = redis_behind_proxy
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await store_turn(conversations, user, [asked("hi"), answered("hello")])
+    proxy.set(Fault("latency", 0.2))  # Redis takes the lock at once; its reply comes 0.2 s later
+    request = asyncio.create_task(history(conversations, user))
+    await asyncio.sleep(0.05)  # the take is on its way (under the 0.3 s socket timeout either way)
+    request.cancel()  # the client left
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    proxy.set(Fault("pass"))
+    assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
 
 
 async def test_a_tool_using_turn_longer_than_max_items_is_remembered_through_the_api(tmp_path, analytics_transport, store_url):
