@@ -16,9 +16,10 @@ Only an agent and run configuration this reproduces are run directly (`direct_ru
 string instructions, function tools that are always enabled and uniquely named, no handoffs,
 guardrails, hooks, output type, prompt or MCP servers, no runner-managed retries or call timeout
 in the model settings, a model with no per-run clean-up and no generated prompt cache key, the
-SDK's tracing off, and every other `RunConfig` field at its default. Anything else, and any SDK version not checked (`CHECKED_VERSIONS`), runs through
-`Runner.run` as before. `tests/chat/test_direct_run.py` runs both paths on the same scripted
-answers and compares what the model was asked and what the run returned.
+SDK's tracing off, and every other `RunConfig` field at its default. Anything else, and any SDK
+version not checked (`CHECKED_VERSIONS`), runs through `Runner.run` as before.
+`tests/chat/test_direct_run.py` runs both paths on the same scripted answers and compares what the
+model was asked and what the run returned.
 """
 
 from __future__ import annotations
