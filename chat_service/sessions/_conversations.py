@@ -96,7 +96,7 @@ class Conversations:
         self.idempotency_ttl = idempotency_ttl
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
-        self._retries: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.Future[Any]] = set()  # background store work `drain` waits for
 
     @asynccontextmanager
     async def turn(self, user_id: str, session_id: str | None) -> AsyncIterator[Turn]:
@@ -236,6 +236,7 @@ class Conversations:
         """Run a store call that must not be lost: past a cancelled request, and again in the
         background when it fails (`retry_later`). A failure is counted and logged by `guarded`, not raised."""
         first = asyncio.ensure_future(self.guarded.call(operation, call))
+        self._track(first)  # a request that leaves mid-call leaves it running: shutdown waits for it
 
         def after(done: asyncio.Future[object]) -> None:  # also when the request was cancelled meanwhile
             if not done.cancelled() and done.exception() is not None:
@@ -258,9 +259,11 @@ class Conversations:
 
     def _background(self, work: Awaitable[None]) -> None:
         """Run `work` past the request, tracked so that `drain` waits for it at shutdown."""
-        task = asyncio.ensure_future(work)
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        self._track(asyncio.ensure_future(work))
+
+    def _track(self, work: asyncio.Future[Any]) -> None:
+        self._retries.add(work)
+        work.add_done_callback(self._retries.discard)
 
     async def _retry(
         self,
@@ -292,8 +295,10 @@ class Conversations:
 
     async def drain(self) -> None:
         """Let pending background retries finish (at shutdown, before the store closes)."""
-        if self._retries:
-            await asyncio.wait(self._retries, timeout=self.drain_budget())
+        deadline = time.monotonic() + self.drain_budget()
+        # Again while work remains: a store call that fails as the shutdown waits schedules its retry.
+        while self._retries and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._retries), timeout=left)
         for retry in list(self._retries):
             retry.cancel()
 

@@ -526,3 +526,20 @@ async def test_a_tool_using_turn_longer_than_max_items_is_remembered_through_the
     assert turns.status_code == 200
     assert [t["text"] for t in turns.json()["turns"]] == ["What time is it, and my stats?"]
     assert "message 2 of this conversation" in second.json()["reply"]
+
+
+async def test_shutdown_waits_for_a_turns_store_whose_request_left_while_it_ran(backend, monkeypatch: pytest.MonkeyPatch):
+    # The client leaves while its turn is being stored: the store call goes on (it must not be
+    # lost), and the shutdown that follows waits for it before the store closes.
+    conversations, user = conversations_on(backend), f"u-{uuid.uuid4().hex[:8]}"
+    held = hold_back(monkeypatch, backend, "close_turn")
+    request = asyncio.ensure_future(store_turn(conversations, user, [asked("hi"), answered("hello")]))
+    await held.applied.wait()
+    request.cancel()  # the client left
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    asyncio.get_running_loop().call_later(0.1, held.let_go.set)
+    await conversations.drain()  # the shutdown
+    assert held.let_go.is_set(), "the shutdown waited for the store call"
+    monkeypatch.undo()
+    assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]
