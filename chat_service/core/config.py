@@ -71,9 +71,8 @@ class AdmissionSettings(BaseModel):
     min_limit: int = Field(3, ge=1, description="Floor of the adaptive limit, and the concurrency of a probe")
     max_limit: int = Field(500, ge=1, description="Ceiling of the adaptive limit")
     initial_limit: int = Field(100, ge=1, description="The limit until the loop first shows queueing at it")
-    latency_tolerance: float = Field(3.0, ge=0, description="Latency above the no-load latency that is not queueing (3.0: 300%)")
+    latency_tolerance: float = Field(0.5, ge=0, description="Latency above the no-load latency that is not queueing")
     congested_lag: float = Field(0.002, ge=0, description="Event-loop lateness, seconds, from which latency counts as queueing")
-    lag_target: float = Field(0.005, ge=0, description="Event-loop lateness, seconds, above which the limit shrinks; 0: off")
     probe_interval: float = Field(60.0, gt=0, description="Seconds between measurements of the no-load latency")
     queue_timeout: float = Field(0.1, ge=0, description="Longest wait for a slot, seconds; 0 refuses instead of queueing")
     queue_max: int = Field(1000, ge=0)
@@ -86,7 +85,6 @@ class AdmissionSettings(BaseModel):
             initial_limit=min(max(self.initial_limit, self.min_limit), self.max_limit),
             latency_tolerance=self.latency_tolerance,
             congested_lag=self.congested_lag,
-            lag_target=self.lag_target,
             probe_interval=self.probe_interval,
             queue_timeout=self.queue_timeout,
             queue_max=self.queue_max,

@@ -90,8 +90,7 @@ class GradientLimit:
         self._window, self._busiest = [], 0
         self._next_update = now + self._policy.update_interval
         saturated = busiest >= int(self._limit)
-        lag = self._loop_lag()
-        self._congested = saturated and lag >= self._policy.congested_lag
+        self._congested = saturated and self._loop_lag() >= self._policy.congested_lag
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took
             # the CPU, a cold start): cutting would only refuse requests that are not the cause.
@@ -102,9 +101,6 @@ class GradientLimit:
             window.sort()
             median = window[len(window) // 2]
             gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
-            target_lag = self._policy.lag_target
-            if target_lag and lag > target_lag:
-                gradient = min(gradient, max(0.5, target_lag / lag))
         if gradient >= 1.0 and busiest < self._limit / 2:
             return  # not limited by us: no evidence that more would be fine
         target = gradient * self._limit
