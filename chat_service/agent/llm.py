@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx2
 import openai
 from agents import Model, OpenAIChatCompletionsModel, RunConfig
+from agents.tracing import get_trace_provider
 from opentelemetry.trace import Tracer
 from pydantic import SecretStr
 
@@ -82,6 +83,11 @@ def build_llm(
             )
         run_tracing = RunTracing(tracer, OFFLINE, settings.trace_content) if tracer is not None else None
         return LLM(OfflineModel(), RunConfig(tracing_disabled=True, workflow_name="chat"), "offline", tracing=run_tracing)
+    # Every OpenAIChatCompletionsModel call opens an SDK span (a no-op while the SDK's tracing is
+    # off), and the first one builds the SDK's trace provider and exporter: an httpx client with a
+    # TLS context, ~65 ms on the event loop, stalling every request in flight. Built here instead,
+    # at start-up, before the start-up objects are frozen.
+    get_trace_provider()
     chain: list[tuple[str | None, str, SecretStr | None]] = [(settings.openai_base_url, settings.model, settings.openai_api_key)]
     chain += [(entry.base_url, entry.model, entry.api_key) for entry in settings.llm_fallbacks if not isinstance(entry, str)]
     policy = settings.llm_policy.to_policy(
