@@ -299,8 +299,11 @@ class Conversations:
         # Again while work remains: a store call that fails as the shutdown waits schedules its retry.
         while self._retries and (left := deadline - time.monotonic()) > 0:
             await asyncio.wait(set(self._retries), timeout=left)
-        for retry in list(self._retries):
-            retry.cancel()
+        left_over = list(self._retries)
+        for work in left_over:
+            work.cancel()
+        if left_over:  # let them unwind before the store they use is closed
+            await asyncio.wait(left_over, timeout=1.0)
 
     async def turns(self, user_id: str, session_id: str) -> list[TurnView]:
         """The conversation as turns with timestamps; raises `StoreUnavailable`."""

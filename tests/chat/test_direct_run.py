@@ -381,15 +381,3 @@ def test_final_text_is_the_last_messages_text() -> None:
     assert final_text([message("a"), call("lookup")]) is None
     assert final_text([]) is None
     assert json.dumps(final_text([message()])) == "null"
-
-
-async def test_the_sdks_trace_provider_is_built_at_start_up_not_on_the_first_model_call(tmp_path, monkeypatch) -> None:
-    # Built lazily, it costs the first model call ~65 ms on the event loop (an httpx client and a
-    # TLS context for the SDK's exporter), stalling every request in flight.
-    from agents.tracing import setup
-
-    monkeypatch.setattr(setup, "GLOBAL_TRACE_PROVIDER", None)
-    endpoint = {"llm_provider": "auto", "openai_api_key": "sk-x", "openai_base_url": "http://127.0.0.1:9/v1"}
-    async with contextlib.AsyncExitStack() as resources:
-        build_llm(chat_settings(tmp_path, **endpoint), resources, hooks=(), observer=ChatMetrics(CollectorRegistry()))
-        assert setup.GLOBAL_TRACE_PROVIDER is not None

@@ -543,3 +543,26 @@ async def test_shutdown_waits_for_a_turns_store_whose_request_left_while_it_ran(
     assert held.let_go.is_set(), "the shutdown waited for the store call"
     monkeypatch.undo()
     assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]
+
+
+async def test_shutdown_lets_the_work_it_gives_up_on_unwind_before_the_store_closes(backend, monkeypatch: pytest.MonkeyPatch):
+    # A store call still running when the shutdown's budget is spent is cancelled, and the
+    # shutdown waits for it to unwind: the store is closed right after `drain`.
+    conversations = conversations_on(backend)
+    monkeypatch.setattr(conversations, "drain_budget", lambda: 0.05)
+    unwound = asyncio.Event()
+
+    async def hangs() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)  # a store call's clean-up awaits too
+            unwound.set()
+
+    request = asyncio.ensure_future(conversations.settle("close", hangs, frees_only=False))
+    await asyncio.sleep(0.01)
+    request.cancel()  # the client left; the store call goes on
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await conversations.drain()
+    assert unwound.is_set()
