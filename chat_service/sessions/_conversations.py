@@ -96,7 +96,7 @@ class Conversations:
         self.idempotency_ttl = idempotency_ttl
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
-        self._retries: set[asyncio.Future[Any]] = set()  # background store work `drain` waits for
+        self._pending: set[asyncio.Future[Any]] = set()  # background store work `drain` waits for
 
     @asynccontextmanager
     async def turn(self, user_id: str, session_id: str | None) -> AsyncIterator[Turn]:
@@ -262,8 +262,8 @@ class Conversations:
         self._track(asyncio.ensure_future(work))
 
     def _track(self, work: asyncio.Future[Any]) -> None:
-        self._retries.add(work)
-        work.add_done_callback(self._retries.discard)
+        self._pending.add(work)
+        work.add_done_callback(self._pending.discard)
 
     async def _retry(
         self,
@@ -297,9 +297,9 @@ class Conversations:
         """Let pending background retries finish (at shutdown, before the store closes)."""
         deadline = time.monotonic() + self.drain_budget()
         # Again while work remains: a store call that fails as the shutdown waits schedules its retry.
-        while self._retries and (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait(set(self._retries), timeout=left)
-        left_over = list(self._retries)
+        while self._pending and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._pending), timeout=left)
+        left_over = list(self._pending)
         for work in left_over:
             work.cancel()
         if left_over:  # let them unwind before the store they use is closed

@@ -314,14 +314,19 @@ async def frees_that_hang(monkeypatch: pytest.MonkeyPatch, backend: Backend, *, 
     return frees
 
 
+async def client_leaves(request: asyncio.Future[Any]) -> None:
+    """Cancel `request` (the client left) and check that it ends at once, with the cancellation."""
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(2.0):  # a hang guard: a store's reply may be held back until after this
+            await request  # ends at once, not when the store answers
+
+
 async def leave_mid_call(request: Awaitable[Any], held: ReplyHeldBack) -> None:
     """Run `request` until the store applied its call, cancel it (the client left), then let the reply go."""
     task = asyncio.ensure_future(request)
     await held.applied.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(2.0):  # a hang guard: the reply is held back until after this
-            await task  # ends at once, not when the store answers
+    await client_leaves(task)
     held.let_go.set()
 
 
@@ -398,9 +403,7 @@ async def test_a_lock_take_that_timed_out_and_was_applied_late_does_not_lock_the
     monkeypatch.setattr(backend, "calls_suspend", True)
     request = asyncio.ensure_future(history(conversations, user))
     await late.sent.wait()
-    request.cancel()  # the client left; the take goes on, times out, and reaches the store after that
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await client_leaves(request)  # the take goes on, times out, and reaches the store after that
     await late.applied.wait()
     assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
     await conversations.drain()
@@ -422,9 +425,7 @@ async def test_shutdown_waits_for_a_cut_take_to_be_freed_through_its_slowest_ret
         frees = await frees_that_hang(monkeypatch, backend, hanging=3)  # each cut by the 0.2 s timeout
         request = asyncio.ensure_future(history(conversations, user))
         await held.applied.wait()
-        request.cancel()  # the client left
-        with pytest.raises(asyncio.CancelledError):
-            await request
+        await client_leaves(request)
         asyncio.get_running_loop().call_later(0.15, held.let_go.set)  # the take's reply, just within its timeout
         await conversations.drain()  # the shutdown
         assert len(frees) == 4  # three cut by the timeout, the fourth went through
@@ -508,9 +509,7 @@ async def test_a_lock_take_cut_short_while_its_reply_is_late_does_not_lock_the_c
     proxy.set(Fault("latency", 0.2))  # Redis takes the lock at once; its reply comes 0.2 s later
     request = asyncio.create_task(history(conversations, user))
     await asyncio.sleep(0.05)  # the take is on its way (under the 0.3 s socket timeout either way)
-    request.cancel()  # the client left
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await client_leaves(request)
     proxy.set(Fault("pass"))
     assert plain(await history(conversations, user)) == [asked("hi"), answered("hello")]  # not a 409
 
@@ -535,9 +534,7 @@ async def test_shutdown_waits_for_a_turns_store_whose_request_left_while_it_ran(
     held = hold_back(monkeypatch, backend, "close_turn")
     request = asyncio.ensure_future(store_turn(conversations, user, [asked("hi"), answered("hello")]))
     await held.applied.wait()
-    request.cancel()  # the client left
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await client_leaves(request)
     asyncio.get_running_loop().call_later(0.1, held.let_go.set)
     await conversations.drain()  # the shutdown
     assert held.let_go.is_set(), "the shutdown waited for the store call"
@@ -561,8 +558,6 @@ async def test_shutdown_lets_the_work_it_gives_up_on_unwind_before_the_store_clo
 
     request = asyncio.ensure_future(conversations.settle("close", hangs, frees_only=False))
     await asyncio.sleep(0.01)
-    request.cancel()  # the client left; the store call goes on
-    with pytest.raises(asyncio.CancelledError):
-        await request
+    await client_leaves(request)  # the store call goes on
     await conversations.drain()
     assert unwound.is_set()
