@@ -16,6 +16,9 @@ from .deps import AnalyticsDep, AuthenticatorDep, DelivererDep, LLMDep, MetricsD
 
 router = APIRouter(tags=["health"])
 
+# How long a scrape waits for the outbox's count before answering with the last one.
+SCRAPE_COUNT_WAIT = 0.25
+
 
 @router.get("/", response_model=Welcome, summary="Welcome")
 async def root() -> dict[str, str]:
@@ -100,8 +103,10 @@ async def dependencies(
 @router.get("/metrics", include_in_schema=False)
 async def metrics(registry: MetricsDep, outbox: OutboxDep, deliverer: DelivererDep) -> Response:
     """Prometheus metrics."""
-    stats = await outbox.stats(max_age=1.0)  # a count at most once a second, whoever scrapes
+    # A count at most once a second, whoever scrapes; never a scrape held by a stalled disk.
+    stats = await outbox.stats(max_age=1.0, max_wait=SCRAPE_COUNT_WAIT)
     registry.outbox_accepting.set(1 if outbox.accepting else 0)
+    registry.outbox_writer_busy.set(round(outbox.writer.busy_seconds(), 3))
     if stats.depth is not None and stats.dead_letters is not None:
         registry.outbox_depth.set(stats.depth)
         registry.outbox_dead_letters.set(stats.dead_letters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -93,6 +94,7 @@ class Outbox:
         self._at_bound = False
         self._clock = clock
         self._counted: tuple[float, int, int] | None = None  # (when, depth, dead letters) of the last count
+        self._counting: asyncio.Future[Stats] | None = None  # the count under way: concurrent callers share it
 
     # -- state, read on the event loop (plain attributes, written only by the writer thread) --
 
@@ -151,26 +153,41 @@ class Outbox:
     async def dead_letter(self, row_id: int, status: int | None) -> None:
         await self.writer.call(lambda: self._write(lambda db: store.dead_letter(db, row_id, status)))
 
-    async def stats(self, *, max_age: float = 0.0) -> Stats:
+    async def stats(self, *, max_age: float = 0.0, max_wait: float | None = None) -> Stats:
         """Counts for operators: exact, or up to `max_age` seconds old.
 
         Counting is a scan of the owner index on the writer thread (55-75 us a call with the
         thread hop, 1k to 100k records, measured): a metrics scrape passes `max_age=1` so that
         any number of scrapers costs at most one count a second and no thread hop in between.
+
+        With `max_wait`, a count that the writer thread has not finished within that many seconds
+        (a stalled disk holds it, with every append) is left to finish in the background: the
+        answer is the last count, however old, or no count at all. Monitoring must not go dark
+        when the disk does.
         """
         counted = self._counted
         if counted is not None and max_age > 0 and self._db is not None and self._clock() - counted[0] < max_age:
             return self._stats(counted[1], counted[2])
+        if max_wait is None:
+            return await self.writer.call(self._count)
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(self.writer.call(self._count))
+            # read by whoever is still waiting, else here: a failure left behind is not an error to log
+            self._counting.add_done_callback(lambda done: done.cancelled() or done.exception())
+        done, _ = await asyncio.wait({self._counting}, timeout=max_wait)
+        if done:
+            return self._counting.result()
+        counted = self._counted
+        return self._stats(None, None) if counted is None else self._stats(counted[1], counted[2])
 
-        def read() -> Stats:
-            db = self._db
-            if db is None:
-                return self._stats(None, None)
-            depth, dead = store.count(db), store.dead_letter_count(db)
-            self._counted = (self._clock(), depth, dead)
-            return self._stats(depth, dead)
-
-        return await self.writer.call(read)
+    def _count(self) -> Stats:
+        """On the writer thread: count now."""
+        db = self._db
+        if db is None:
+            return self._stats(None, None)
+        depth, dead = store.count(db), store.dead_letter_count(db)
+        self._counted = (self._clock(), depth, dead)
+        return self._stats(depth, dead)
 
     def _stats(self, depth: int | None, dead_letters: int | None) -> Stats:
         return Stats(

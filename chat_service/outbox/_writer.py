@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,10 +62,19 @@ class Writer(Generic[Item]):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.groups = 0  # transactions that committed appends (for the benchmark and tests)
+        # When the job the thread is on began (time.monotonic), None while it waits for work: a
+        # plain float the thread writes and the loop reads, for `busy_seconds`.
+        self._busy_since: float | None = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None
+
+    def busy_seconds(self) -> float:
+        """How long the thread has been on its current job (0 while it waits for work): a disk
+        that stalls shows here while every append and call waits behind it."""
+        since = self._busy_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -106,7 +116,9 @@ class Writer(Generic[Item]):
         pending: deque[_Call | _Append[Item] | _Stop] = deque()
         while True:
             if not pending:
+                self._busy_since = None
                 pending.append(self._queue.get())
+            self._busy_since = time.monotonic()
             while True:  # take everything already waiting: that is the group
                 try:
                     pending.append(self._queue.get_nowait())
