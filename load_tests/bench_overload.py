@@ -55,12 +55,14 @@ def _chat_requests_done(url: str) -> float:
 
 
 _GAUGES = re.compile(
-    r"^chat_(?:admission_)?(in_flight|limit|queued|min_latency_seconds|event_loop_lag_seconds) ([0-9.e+-]+)$", re.MULTILINE
+    r"^chat_(?:admission_|outbox_)?(in_flight|limit|queued|min_latency_seconds|event_loop_lag_seconds|writer_busy_seconds|depth)"
+    r" ([0-9.e+-]+)$",
+    re.MULTILINE,
 )
 
 
 def _trace(url: str, stop: threading.Event, out: list[dict[str, float]]) -> None:
-    """Sample the admission gauges twice a second while the load runs (`--trace`)."""
+    """Sample the admission and outbox gauges twice a second while the load runs (`--trace`)."""
     started = time.monotonic()
     while not stop.wait(0.5):
         try:
@@ -199,7 +201,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", help="chat setting for every round")
-    parser.add_argument("--trace", action="store_true", help="print the admission gauges twice a second")
+    parser.add_argument("--trace", action="store_true", help="print the admission and outbox gauges twice a second")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
