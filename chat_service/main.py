@@ -100,7 +100,12 @@ def create_app(
                 ),
                 token=settings.analytics_api_token,
             )
-            outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows, reserve_bytes=settings.outbox_reserve_bytes)
+            outbox = Outbox(
+                settings.outbox_path,
+                max_rows=settings.outbox_max_rows,
+                reserve_bytes=settings.outbox_reserve_bytes,
+                append_timeout=settings.outbox_append_timeout,
+            )
             resources.push_async_callback(outbox.close)
             # A full disk leaves the outbox unavailable: chat starts, answers 503 to chats and on
             # /readyz, and the deliverer keeps retrying. A path that can never work raises here.

@@ -162,7 +162,7 @@ class Readiness(BaseModel):
 
     status: Literal["ok", "unavailable"]
     outbox: str | None = Field(
-        None, description="When unavailable: disk_full, at_bound, or the error that keeps the outbox from opening"
+        None, description="When unavailable: disk_full, at_bound, stalled, or the error that keeps the outbox from opening"
     )
 
 

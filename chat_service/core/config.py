@@ -189,6 +189,13 @@ class Settings(BaseSettings):
     # 50 ms, not 5: under load a 5 ms linger sent one record per batch, and each batch costs an
     # analytics POST and three writer-thread round trips (~150-300 us of CPU per chat, measured).
     outbox_linger: float = Field(0.05, ge=0, description="Seconds to gather a batch before sending")
+    outbox_append_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds a reply's record may wait for the outbox's writer thread to take it; past that the chat "
+        "answers 503 and nothing is recorded, and while the writer has been on one job longer, chats get 503 and "
+        "/readyz fails (a stalled disk)",
+    )
     shutdown_flush_seconds: float = Field(5.0, ge=0)
 
     llm_provider: Literal["auto", "offline", "openai"] = "auto"

@@ -17,10 +17,10 @@ from ..analytics_client import RecordItem
 from . import _store as store
 from ._owners import OwnerSlots
 from ._space import Reserve, busy, error_name, out_of_space
-from ._writer import Writer
+from ._writer import Writer, WriterStalled
 
 T = TypeVar("T")
-Status = Literal["unavailable", "disk_full", "failing", "at_bound", "ok"]
+Status = Literal["unavailable", "disk_full", "failing", "stalled", "at_bound", "ok"]
 
 DEFAULT_RESERVE_BYTES = 512 * 1024
 log = get_logger("outbox")
@@ -75,9 +75,13 @@ class Outbox:
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         busy_timeout: float = 2.0,
         max_group: int = 1000,
+        append_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
+        # An append the writer thread has not taken within this many seconds is withdrawn (the
+        # chat answers 503, nothing recorded); a writer on one job for longer is `stalled`.
+        self.append_timeout = append_timeout
         self.max_rows = max_rows
         self.busy_timeout = busy_timeout
         # Headroom: the WAL grows back to its limit before the next checkpoint, and the reserve
@@ -106,6 +110,8 @@ class Outbox:
             return "disk_full"
         if self._failing is not None:
             return "failing"
+        if self.append_timeout is not None and self.writer.busy_seconds() > self.append_timeout:
+            return "stalled"
         return "at_bound" if self._at_bound else "ok"
 
     @property
@@ -140,7 +146,10 @@ class Outbox:
 
     async def append(self, item: RecordItem) -> None:
         """Commit the record to disk (with whatever appends arrive together); raise `OutboxRefused` if not."""
-        await self.writer.append(item)
+        try:
+            await self.writer.append(item, withdraw_after=self.append_timeout)
+        except WriterStalled:
+            raise OutboxUnavailable("stalled") from None
 
     async def next_batch(self, limit: int) -> list[store.Row]:
         """The oldest records of the slots this process holds (a read: it claims nothing on disk)."""

@@ -30,10 +30,18 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+_QUEUED, _TAKEN, _WITHDRAWN = range(3)
+
+
+class WriterStalled(Exception):
+    """The writer thread did not take an append within its timeout: it was withdrawn, never committed."""
+
+
 @dataclass(slots=True)
 class _Append(Generic[Item]):
     item: Item
     future: asyncio.Future[None]
+    state: int = _QUEUED  # the writer takes it, or its caller withdraws it first (under `Writer._claims`)
 
 
 class _Stop:
@@ -65,6 +73,7 @@ class Writer(Generic[Item]):
         # When the job the thread is on began (time.monotonic), None while it waits for work: a
         # plain float the thread writes and the loop reads, for `busy_seconds`.
         self._busy_since: float | None = None
+        self._claims = threading.Lock()  # an append is taken by the writer or withdrawn by its caller, not both
 
     @property
     def running(self) -> bool:
@@ -88,11 +97,33 @@ class Writer(Generic[Item]):
         self._queue.put(_Call(fn, future))
         return await future
 
-    async def append(self, item: Item) -> None:
-        """Commit `item` together with whatever other appends are waiting."""
+    async def append(self, item: Item, *, withdraw_after: float | None = None) -> None:
+        """Commit `item` together with whatever other appends are waiting.
+
+        With `withdraw_after`: if the thread has not taken the item within that many seconds (a stalled
+        disk holds it on an earlier job), the item is withdrawn, never to be committed, and
+        `WriterStalled` raised. Once taken, the append runs to its end, however long that is.
+        """
         future: asyncio.Future[None] = self._future()
-        self._queue.put(_Append(item, future))
-        await future
+        entry = _Append(item, future)
+        self._queue.put(entry)
+        if withdraw_after is None:
+            await future
+            return
+        assert self._loop is not None
+        timer = self._loop.call_later(withdraw_after, self._withdraw, entry)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+    def _withdraw(self, entry: _Append[Item]) -> None:
+        with self._claims:
+            if entry.state != _QUEUED:
+                return  # the thread has it: its commit settles the future
+            entry.state = _WITHDRAWN
+        if not entry.future.done():
+            entry.future.set_exception(WriterStalled())
 
     async def stop(self) -> None:
         """Finish the calls already queued, then end the thread."""
@@ -126,6 +157,7 @@ class Writer(Generic[Item]):
                     break
             job = pending[0]
             if isinstance(job, _Stop):
+                self._busy_since = None
                 return
             if isinstance(job, _Call):
                 pending.popleft()
@@ -137,6 +169,13 @@ class Writer(Generic[Item]):
             group: list[_Append[Item]] = []
             while pending and isinstance(pending[0], _Append) and len(group) < self._max_group:
                 group.append(pending.popleft())  # type: ignore[arg-type]
+            with self._claims:
+                for append in group:
+                    if append.state == _QUEUED:
+                        append.state = _TAKEN
+            group = [append for append in group if append.state == _TAKEN]
+            if not group:
+                continue
             try:
                 outcomes = self._commit_group([append.item for append in group])
             except Exception as error:  # a bug: fail these appends, keep the thread alive

@@ -7,14 +7,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from chat_service.analytics_client import RecordItem
-from chat_service.outbox import Outbox, OutboxFull
+from chat_service.outbox import Outbox, OutboxFull, OutboxUnavailable
 from chat_service.outbox import _store as store
-from chat_service.outbox._writer import Writer
+from chat_service.outbox._writer import Writer, WriterStalled
 
 
 def item(n: int) -> RecordItem:
@@ -323,3 +324,58 @@ async def test_a_bug_in_one_group_fails_its_appends_not_the_writer():
     assert await writer.call(lambda: "still running") == "still running"
     await writer.stop()
     assert calls == [["first"], ["second"]]
+
+
+async def test_an_append_the_stalled_writer_never_took_is_withdrawn_and_never_committed():
+    committed: list[list[str]] = []
+    writer: Writer[str] = Writer(lambda items: committed.append(list(items)) or [None] * len(items))
+    writer.start()
+    disk = threading.Event()  # a job that holds the thread, as a hung disk would
+    stalled = asyncio.ensure_future(writer.call(disk.wait))
+    try:
+        while writer.busy_seconds() == 0:
+            await asyncio.sleep(0.001)
+        with pytest.raises(WriterStalled):
+            await writer.append("behind the stall", withdraw_after=0.05)
+        assert writer.busy_seconds() >= 0.05, "the stall shows while it lasts"
+    finally:
+        disk.set()
+    await stalled
+    await writer.append("after", withdraw_after=0.05)
+    await writer.stop()
+    assert committed == [["after"]], "the withdrawn append was never committed"
+    assert writer.busy_seconds() == 0
+
+
+async def test_an_append_the_writer_took_runs_to_its_end_however_long():
+    commit = threading.Event()
+    writer: Writer[str] = Writer(lambda items: commit.wait() and [None] * len(items))
+    writer.start()
+    append = asyncio.ensure_future(writer.append("slow disk", withdraw_after=0.01))
+    while writer.busy_seconds() < 0.05:  # taken, and well past its withdraw_after
+        await asyncio.sleep(0.005)
+    assert not append.done()
+    commit.set()
+    await append  # committed: no WriterStalled for an append already in the group
+    await writer.stop()
+
+
+async def test_a_stalled_writer_makes_the_outbox_refuse_until_it_is_free(path):
+    box = Outbox(path, max_rows=100, append_timeout=0.05)
+    await box.open()
+    disk = threading.Event()
+    stalled = asyncio.ensure_future(box.writer.call(disk.wait))
+    try:
+        while box.status != "stalled":
+            await asyncio.sleep(0.005)
+        assert not box.accepting and box.reason == "stalled"
+        with pytest.raises(OutboxUnavailable) as refused:
+            await box.append(item(1))
+        assert refused.value.reason == "stalled"
+    finally:
+        disk.set()
+    await stalled
+    assert box.accepting
+    await box.append(item(2))
+    assert [row.message_id for _, row in await box.next_batch(10)] == ["m2"], "only the append made after the stall"
+    await box.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 
 import httpx
 
-from tests.chat.conftest import MESSAGE
+from tests.chat.conftest import MESSAGE, drained
 
 
 def sample(metrics: str, series: str) -> float:
@@ -63,3 +64,35 @@ async def test_a_scrape_is_answered_while_a_stalled_disk_holds_the_outbox_writer
             holder.close()
         assert (await reply).status_code == 200, "the append went through once the lock was freed"
         assert sample((await chat.get("/metrics")).text, "chat_outbox_writer_busy_seconds") == 0.0
+
+
+async def test_a_stalled_disk_makes_chat_refuse_and_unready_and_records_nothing_it_refused(chat_with, tmp_path):
+    recorded: list[str] = []
+
+    def analytics(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/messages/batch":
+            recorded.extend(record["user_id"] for record in json.loads(request.content)["items"])
+            return httpx.Response(200, json={})
+        return httpx.Response(200, json={"message_count": 1})
+
+    async with chat_with(httpx.MockTransport(analytics), outbox_append_timeout=0.3) as chat:
+        holder = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the writer thread takes the first append and waits on the lock
+        try:
+            first = asyncio.create_task(chat.post("/chat/", json={**MESSAGE, "user_id": "first"}))
+            while sample((await chat.get("/metrics")).text, "chat_outbox_writer_busy_seconds") < 0.05:
+                await asyncio.sleep(0.01)
+            behind = await chat.post("/chat/", json={**MESSAGE, "user_id": "behind"})  # queued behind it
+            assert behind.status_code == 503 and behind.headers["retry-after"] == "1", "withdrawn, not held"
+            ready = await chat.get("/readyz")
+            assert (ready.status_code, ready.json()["outbox"]) == (503, "stalled")
+            refused = await chat.post("/chat/", json={**MESSAGE, "user_id": "refused"})
+            assert refused.status_code == 503, "refused before the model runs while the writer is stalled"
+            assert not first.done()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert (await first).status_code == 200, "an append the writer took is committed once the lock is free"
+        assert (await chat.get("/readyz")).status_code == 200
+        await drained(chat)
+    assert recorded == ["first"], "nothing that was answered 503 is counted"
