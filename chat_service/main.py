@@ -104,7 +104,7 @@ def create_app(
                 settings.outbox_path,
                 max_rows=settings.outbox_max_rows,
                 reserve_bytes=settings.outbox_reserve_bytes,
-                append_timeout=settings.outbox_append_timeout,
+                append_timeout=settings.outbox_append_timeout or None,
             )
             resources.push_async_callback(outbox.close)
             # A full disk leaves the outbox unavailable: chat starts, answers 503 to chats and on

@@ -74,7 +74,8 @@ async def dependencies(
             }
             for name, p in pipelines.items()
         },
-        "outbox": {**dataclasses.asdict(await outbox.stats()), "delivered": deliverer.delivered},
+        # exact, or depth None when a stalled writer cannot count within a second
+        "outbox": {**dataclasses.asdict(await outbox.stats(max_wait=1.0)), "delivered": deliverer.delivered},
         "llm": {
             "provider": llm.provider,
             "endpoints": [

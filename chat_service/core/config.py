@@ -191,10 +191,10 @@ class Settings(BaseSettings):
     outbox_linger: float = Field(0.05, ge=0, description="Seconds to gather a batch before sending")
     outbox_append_timeout: float = Field(
         1.0,
-        gt=0,
+        ge=0,
         description="Seconds a reply's record may wait for the outbox's writer thread to take it; past that the chat "
         "answers 503 and nothing is recorded, and while the writer has been on one job longer, chats get 503 and "
-        "/readyz fails (a stalled disk)",
+        "/readyz fails (a stalled disk). 0: wait however long it takes",
     )
     shutdown_flush_seconds: float = Field(5.0, ge=0)
 

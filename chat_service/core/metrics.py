@@ -52,9 +52,9 @@ class ChatMetrics(HttpMetrics):
         self.outbox_writer_busy = gauge(
             "chat_outbox_writer_busy_seconds",
             "Seconds the outbox's writer thread has been on its current job (0 when idle): a stalled disk, "
-            "with every append waiting behind it; the worst live worker",
+            "with every append waiting behind it; the scraped worker's (each worker has its own writer)",
             registry=registry,
-            mode="livemax",
+            mode="livemostrecent",
         )
         self.outbox_refused = Counter(
             "chat_outbox_refused_total", "Chats answered 503 because the outbox refused", ["reason"], registry=registry

@@ -149,7 +149,7 @@ class Outbox:
         try:
             await self.writer.append(item, withdraw_after=self.append_timeout)
         except WriterStalled:
-            raise OutboxUnavailable("stalled") from None
+            raise OutboxUnavailable("withdrawn") from None
 
     async def next_batch(self, limit: int) -> list[store.Row]:
         """The oldest records of the slots this process holds (a read: it claims nothing on disk)."""
@@ -171,23 +171,26 @@ class Outbox:
 
         With `max_wait`, a count that the writer thread has not finished within that many seconds
         (a stalled disk holds it, with every append) is left to finish in the background: the
-        answer is the last count, however old, or no count at all. Monitoring must not go dark
-        when the disk does.
+        answer is the last count, however old (with `max_age` > 0), or no count (depth None).
+        Monitoring must not go dark when the disk does.
         """
         counted = self._counted
         if counted is not None and max_age > 0 and self._db is not None and self._clock() - counted[0] < max_age:
             return self._stats(counted[1], counted[2])
         if max_wait is None:
             return await self.writer.call(self._count)
-        if self._counting is None or self._counting.done():
-            self._counting = asyncio.ensure_future(self.writer.call(self._count))
+        counting = self._counting
+        if counting is None or counting.done() or max_age <= 0:  # an exact count starts after the call
+            counting = self._counting = asyncio.ensure_future(self.writer.call(self._count))
             # read by whoever is still waiting, else here: a failure left behind is not an error to log
-            self._counting.add_done_callback(lambda done: done.cancelled() or done.exception())
-        done, _ = await asyncio.wait({self._counting}, timeout=max_wait)
+            counting.add_done_callback(lambda done: done.cancelled() or done.exception())
+        done, _ = await asyncio.wait({counting}, timeout=max_wait)
         if done:
-            return self._counting.result()
+            return counting.result()
         counted = self._counted
-        return self._stats(None, None) if counted is None else self._stats(counted[1], counted[2])
+        if counted is None or max_age <= 0:  # an exact count was asked for: unknown, never stale
+            return self._stats(None, None)
+        return self._stats(counted[1], counted[2])
 
     def _count(self) -> Stats:
         """On the writer thread: count now."""

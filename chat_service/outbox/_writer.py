@@ -161,10 +161,13 @@ class Writer(Generic[Item]):
                 return
             if isinstance(job, _Call):
                 pending.popleft()
+                settled: Settled
                 try:
-                    self._publish([(job.future, job.fn(), None)])
+                    settled = [(job.future, job.fn(), None)]
                 except BaseException as error:  # handed to the awaiting coroutine
-                    self._publish([(job.future, None, error)])
+                    settled = [(job.future, None, error)]
+                self._busy_since = None  # done: whoever the answer wakes must not see a stall
+                self._publish(settled)
                 continue
             group: list[_Append[Item]] = []
             while pending and isinstance(pending[0], _Append) and len(group) < self._max_group:
@@ -181,4 +184,5 @@ class Writer(Generic[Item]):
             except Exception as error:  # a bug: fail these appends, keep the thread alive
                 outcomes = [error] * len(group)
             self.groups += 1
+            self._busy_since = None
             self._publish([(append.future, None, error) for append, error in zip(group, outcomes, strict=True)])

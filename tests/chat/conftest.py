@@ -60,7 +60,7 @@ async def running_analytics(tmp_path) -> AsyncIterator[httpx.AsyncBaseTransport]
 async def drained(chat: httpx.AsyncClient, timeout: float = 5.0) -> None:
     """Wait until the outbox has delivered everything to analytics."""
     async with asyncio.timeout(timeout):
-        while (await chat.get("/health/dependencies")).json()["outbox"]["depth"]:
+        while (await chat.get("/health/dependencies")).json()["outbox"]["depth"] != 0:  # None: not counted
             await asyncio.sleep(0.01)
 
 
