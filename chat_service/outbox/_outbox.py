@@ -96,6 +96,9 @@ class Outbox:
         self._disk_full = False
         self._failing: str | None = None
         self._at_bound = False
+        # An append waited past `append_timeout`: stalled until `maintain` takes the write lock in time
+        # (refusing until then: a disk that stalls once per lock wait must not flap between ready and not).
+        self._stalled = False
         self._clock = clock
         self._counted: tuple[float, int, int] | None = None  # (when, depth, dead letters) of the last count
         self._counting: asyncio.Future[Stats] | None = None  # the count under way: concurrent callers share it
@@ -110,7 +113,7 @@ class Outbox:
             return "disk_full"
         if self._failing is not None:
             return "failing"
-        if self.append_timeout is not None and self.writer.busy_seconds() > self.append_timeout:
+        if self._stalled or (self.append_timeout is not None and self.writer.busy_seconds() > self.append_timeout):
             return "stalled"
         return "at_bound" if self._at_bound else "ok"
 
@@ -146,10 +149,18 @@ class Outbox:
 
     async def append(self, item: RecordItem) -> None:
         """Commit the record to disk (with whatever appends arrive together); raise `OutboxRefused` if not."""
+        timeout = self.append_timeout
+        if timeout is None:
+            await self.writer.append(item)
+            return
+        started = time.monotonic()
         try:
-            await self.writer.append(item, withdraw_after=self.append_timeout)
+            await self.writer.append(item, withdraw_after=timeout)
         except WriterStalled:
             raise OutboxUnavailable("withdrawn") from None
+        finally:
+            if time.monotonic() - started > timeout:  # withdrawn, or taken and slow: committed or not
+                self._stalled = True
 
     async def next_batch(self, limit: int) -> list[store.Row]:
         """The oldest records of the slots this process holds (a read: it claims nothing on disk)."""
@@ -333,6 +344,11 @@ class Outbox:
             with store.transaction(db):  # the write lock can be taken again: SQLite works
                 pass
             self._failing = None
+        if self._stalled:
+            started = time.monotonic()
+            with store.transaction(db):  # the write lock, taken within the append timeout: no longer stalled
+                pass
+            self._stalled = self.append_timeout is not None and time.monotonic() - started > self.append_timeout
 
     def _close(self) -> None:
         if self._db is not None:
