@@ -100,7 +100,8 @@ class GradientLimit:
         else:
             window.sort()
             median = window[len(window) // 2]
-            gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
+            target = self.min_latency * (1 + self._policy.latency_tolerance) + self._policy.latency_allowance
+            gradient = min(2.0, max(0.5, target / median))
         if gradient >= 1.0 and busiest < self._limit / 2:
             return  # not limited by us: no evidence that more would be fine
         target = gradient * self._limit

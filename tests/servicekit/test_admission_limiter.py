@@ -192,8 +192,8 @@ def test_queueing_lowers_the_limit_and_its_absence_raises_it():
     lim = limiter(clock, initial_limit=40, min_limit=3, probe_samples=5, max_limit=200)
     probe(lim, clock, 0.002)
     congest(lim, clock)  # the loop runs its timers late: this process is queueing for the CPU
-    for _ in range(5):  # 40 in flight at 4x the no-load latency: queueing
-        run_batch(lim, clock, min(lim.limit, 40), 0.008)
+    for _ in range(5):  # 40 in flight at 20x the no-load latency: queueing past the allowance
+        run_batch(lim, clock, min(lim.limit, 40), 0.04)
         clock.advance(0.1)
     shrunk = lim.limit
     assert shrunk < 40
@@ -313,6 +313,7 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
         {"min_limit": 5, "initial_limit": 4},
         {"initial_limit": 600},
         {"latency_tolerance": -1},
+        {"latency_allowance": -0.01},
         {"congested_lag": -0.001},
         {"probe_jitter": 1.0},
         {"update_interval": 0},
@@ -323,3 +324,32 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
 def test_a_nonsensical_policy_is_refused(bad):
     with pytest.raises(ValueError):
         AdmissionPolicy(**bad)
+
+
+def settle(lim: Limiter, clock: FakeClock, latency: float, rounds: int = 10) -> int:
+    """`rounds` updates with the whole limit in use, every request taking `latency`; the limit after."""
+    for _ in range(rounds):
+        run_batch(lim, clock, lim.limit, latency)
+        clock.advance(0.1)
+    return lim.limit
+
+
+def test_queueing_within_the_default_latency_allowance_does_not_lower_the_limit():
+    # No-load latency 2 ms; 30 in flight on a late loop take 15 ms each: 13 ms of queueing for the
+    # CPU, the price of running 30 at once in one process, and within the 20 ms allowance (the
+    # 50% tolerance alone would read it as queueing and cut to ~10). So the limit holds.
+    assert AdmissionPolicy().latency_allowance == pytest.approx(0.02)
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=30, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    assert settle(lim, clock, 0.015) >= 30
+    assert settle(lim, clock, 0.060) < 15  # queueing past it still cuts
+
+
+def test_without_an_allowance_the_same_queueing_lowers_the_limit():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=30, min_limit=3, probe_samples=5, latency_allowance=0.0)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    assert settle(lim, clock, 0.015) < 15
