@@ -4,11 +4,14 @@ Calls run in arrival order. Appends that are waiting together when the thread co
 committed in one transaction (group commit): under load, N concurrent chats pay for one commit
 instead of N, and each chat's future still resolves only once its own record is committed.
 
-A group's futures resolve a few per event-loop iteration (`SETTLE_SLICE`), in order: each one
-resumes a chat that then finishes its reply in that iteration (~0.2-0.3 ms of CPU), so resolving
-a group of 30 at once made one ~10 ms iteration in which the loop read no socket, and every
-request that arrived meanwhile (under overload, mostly ones admission refuses at the door)
-waited for it. Sliced, the loop polls its sockets between slices (docs/overload.md).
+While `under_pressure()` says so (chat: admission's limit binds), a group's futures resolve a few
+per event-loop iteration (`SETTLE_SLICE`), in order: each one resumes a chat that then finishes
+its reply in that iteration (~0.2-0.3 ms of CPU), so resolving a group of 30 at once made one
+~10 ms iteration in which the loop read no socket, and every request that arrived meanwhile
+(under overload, mostly ones admission refuses at the door) waited for it. Sliced, the loop
+polls its sockets between slices. Otherwise a group resolves at once: spreading the replies
+spreads the next requests, which makes smaller groups, and cost ~10% of closed-loop throughput
+(docs/overload.md).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class _Stop:
 
 Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
 
-SETTLE_SLICE = 4  # futures resolved per loop iteration: their chats' replies, ~1 ms of CPU
+SETTLE_SLICE = 4  # futures resolved per loop iteration under pressure: their chats' replies, ~1 ms of CPU
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -70,6 +73,7 @@ class Writer(Generic[Item]):
         self.groups = 0  # transactions that committed appends (for the benchmark and tests)
         self._settling: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()  # loop side
         self._draining = False
+        self.under_pressure: Callable[[], bool] = lambda: False  # resolve a group a slice per loop iteration
 
     @property
     def running(self) -> bool:
@@ -118,8 +122,9 @@ class Writer(Generic[Item]):
             self._drain()
 
     def _drain(self) -> None:
-        """Resolve the next slice, and come back in the next loop iteration for the rest."""
-        for _ in range(min(SETTLE_SLICE, len(self._settling))):
+        """Resolve what is waiting, or under pressure the next slice and the rest in the next iterations."""
+        count = len(self._settling)
+        for _ in range(min(SETTLE_SLICE, count) if self.under_pressure() else count):
             _settle(*self._settling.popleft())
         self._draining = bool(self._settling)
         if self._draining:
