@@ -101,11 +101,6 @@ def create_app(
                 token=settings.analytics_api_token,
             )
             outbox = Outbox(settings.outbox_path, max_rows=settings.outbox_max_rows, reserve_bytes=settings.outbox_reserve_bytes)
-            if admission is not None:
-                # Under overload, replies go out a few per loop iteration so that the door reads
-                # (and refuses) new requests between them (chat_service/outbox/_writer.py).
-                admitting: Limiter = admission
-                outbox.writer.under_pressure = lambda: admitting.binding
             resources.push_async_callback(outbox.close)
             # A full disk leaves the outbox unavailable: chat starts, answers 503 to chats and on
             # /readyz, and the deliverer keeps retrying. A path that can never work raises here.

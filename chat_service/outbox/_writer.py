@@ -3,15 +3,6 @@
 Calls run in arrival order. Appends that are waiting together when the thread comes round are
 committed in one transaction (group commit): under load, N concurrent chats pay for one commit
 instead of N, and each chat's future still resolves only once its own record is committed.
-
-While `under_pressure()` says so (chat: admission's limit binds), a group's futures resolve a few
-per event-loop iteration (`SETTLE_SLICE`), in order: each one resumes a chat that then finishes
-its reply in that iteration (~0.2-0.3 ms of CPU), so resolving a group of 30 at once made one
-~10 ms iteration in which the loop read no socket, and every request that arrived meanwhile
-(under overload, mostly ones admission refuses at the door) waited for it. Sliced, the loop
-polls its sockets between slices. Otherwise a group resolves at once: spreading the replies
-spreads the next requests, which makes smaller groups, and cost ~10% of closed-loop throughput
-(docs/overload.md).
 """
 
 from __future__ import annotations
@@ -50,16 +41,15 @@ class _Stop:
 
 Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
 
-SETTLE_SLICE = 4  # futures resolved per loop iteration under pressure: their chats' replies, ~1 ms of CPU
 
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled; its record may still have been committed
-        return
-    if error is None:
-        future.set_result(value)
-    else:
-        future.set_exception(error)
+def _settle(settled: Settled) -> None:
+    for future, value, error in settled:
+        if future.done():  # the caller was cancelled; its record may still have been committed
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
 
 
 class Writer(Generic[Item]):
@@ -71,9 +61,6 @@ class Writer(Generic[Item]):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.groups = 0  # transactions that committed appends (for the benchmark and tests)
-        self._settling: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()  # loop side
-        self._draining = False
-        self.under_pressure: Callable[[], bool] = lambda: False  # resolve a group a slice per loop iteration
 
     @property
     def running(self) -> bool:
@@ -113,23 +100,7 @@ class Writer(Generic[Item]):
     def _publish(self, settled: Settled) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self._loop.call_soon_threadsafe(self._receive, settled)
-
-    def _receive(self, settled: Settled) -> None:
-        """On the loop: queue what the thread finished behind what is still being resolved."""
-        self._settling.extend(settled)
-        if not self._draining:
-            self._drain()
-
-    def _drain(self) -> None:
-        """Resolve what is waiting, or under pressure the next slice and the rest in the next iterations."""
-        count = len(self._settling)
-        for _ in range(min(SETTLE_SLICE, count) if self.under_pressure() else count):
-            _settle(*self._settling.popleft())
-        self._draining = bool(self._settling)
-        if self._draining:
-            assert self._loop is not None
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon_threadsafe(_settle, settled)
 
     def _run(self) -> None:
         pending: deque[_Call | _Append[Item] | _Stop] = deque()

@@ -103,18 +103,13 @@ class Limiter:
         self._in_flight += 1
         return Permit(self, now, self._in_flight <= self.policy.min_limit)
 
-    @property
-    def binding(self) -> bool:
-        """The limit holds requests back: one arriving now would queue or be refused."""
-        return bool(self._waiters) or self._in_flight >= self._gradient.limit
-
     def would_shed(self) -> bool:
         """Whether a request arriving now would be refused at once (`queue_full`); no side effects.
 
         The same decision as `try_acquire` then `enqueue`, without taking a slot or starting the
         lag timer: the server's protocol asks it before building a request (`ShedGate`).
         """
-        return self.binding and not self._worth_queueing()
+        return (bool(self._waiters) or self._in_flight >= self._gradient.limit) and not self._worth_queueing()
 
     async def acquire(self) -> Permit:
         """A permit, waiting in the queue if that is expected to be short; `Shed` otherwise."""

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from chat_service.analytics_client import RecordItem
 from chat_service.outbox import Outbox, OutboxFull
 from chat_service.outbox import _store as store
-from chat_service.outbox._writer import SETTLE_SLICE, Writer
+from chat_service.outbox._writer import Writer
 
 
 def item(n: int) -> RecordItem:
@@ -309,54 +307,3 @@ async def test_a_bug_in_one_group_fails_its_appends_not_the_writer():
     assert await writer.call(lambda: "still running") == "still running"
     await writer.stop()
     assert calls == [["first"], ["second"]]
-
-
-async def finished_per_iteration(writer: Writer[int], appends: int) -> list[int]:
-    """`appends` appends committed as one group; how many of their callers had resumed at each loop iteration."""
-    gate = threading.Event()
-    writer.start()
-    held = asyncio.ensure_future(writer.call(gate.wait))  # the thread waits: the appends queue up as one group
-    finished: list[int] = []
-
-    async def chat(n: int) -> None:
-        await writer.append(n)
-        finished.append(n)
-
-    chats = [asyncio.ensure_future(chat(n)) for n in range(appends)]
-    await asyncio.sleep(0.05)
-    groups = writer.groups
-    per_iteration: list[int] = []
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def iteration() -> None:  # one call per loop iteration: how many chats finished by now
-        per_iteration.append(len(finished))
-        if len(finished) < len(chats):
-            loop.call_soon(iteration)
-        else:
-            done.set_result(None)
-
-    loop.call_soon(iteration)
-    gate.set()
-    await asyncio.wait_for(done, 5)
-    await asyncio.gather(held, *chats)
-    await writer.stop()
-    assert writer.groups == groups + 1, "one group"
-    assert finished == list(range(appends)), "in the order they were appended"
-    return [b - a for a, b in itertools.pairwise(per_iteration)]
-
-
-async def test_under_pressure_a_group_s_appends_resume_a_few_per_loop_iteration_in_order():
-    # Every append resumes a chat that finishes its reply at once; a whole group resuming in one
-    # loop iteration kept the loop from reading its sockets (and refusing at the door) meanwhile.
-    writer: Writer[int] = Writer(lambda items: [None] * len(items))
-    writer.under_pressure = lambda: True
-    steps = await finished_per_iteration(writer, 4 * SETTLE_SLICE + 1)
-    assert max(steps) == SETTLE_SLICE, steps
-
-
-async def test_without_pressure_a_group_s_appends_resume_together():
-    # Spreading them spreads the next requests into smaller groups: ~10% of throughput at 32 chats.
-    writer: Writer[int] = Writer(lambda items: [None] * len(items))
-    steps = await finished_per_iteration(writer, 4 * SETTLE_SLICE + 1)
-    assert max(steps) == 4 * SETTLE_SLICE + 1, steps

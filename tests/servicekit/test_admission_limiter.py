@@ -353,17 +353,3 @@ def test_without_an_allowance_the_same_queueing_lowers_the_limit():
     probe(lim, clock, 0.002)
     congest(lim, clock)
     assert settle(lim, clock, 0.015) < 15
-
-
-async def test_binding_says_whether_the_limit_holds_requests_back():
-    clock = FakeClock()
-    lim = limiter(clock, initial_limit=1, min_limit=1)
-    assert not lim.binding
-    held = await lim.acquire()
-    assert lim.binding  # full: the next one queues or is refused
-    queued = asyncio.create_task(lim.acquire())
-    await asyncio.sleep(0)
-    held.release(completed=True)  # handed to the queued one: still full
-    assert lim.binding
-    (await queued).release(completed=True)
-    assert not lim.binding
