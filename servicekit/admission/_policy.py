@@ -21,7 +21,7 @@ class AdmissionPolicy:
     max_limit: int = 500
     initial_limit: int = 100
     latency_tolerance: float = 0.5
-    latency_allowance: float = 0.02
+    latency_allowance: float = 0.0
     congested_lag: float = 0.002
     update_interval: float = 0.1
     probe_interval: float = 60.0
