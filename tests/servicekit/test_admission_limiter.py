@@ -353,3 +353,35 @@ def test_without_an_allowance_the_same_queueing_lowers_the_limit():
     probe(lim, clock, 0.002)
     congest(lim, clock)
     assert settle(lim, clock, 0.015) < 15
+
+
+def test_a_swamped_loop_holds_the_limit_at_what_is_in_flight_so_the_excess_is_refused():
+    # A stall or a burst the loop cannot even read: timers run 300 ms late, 40 run of a limit of
+    # 100. Growing it (40 is more than half) admitted everything read, and nothing was refused.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5, queue_timeout=0)
+    clock.late_by = 0.3
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # starts the lag monitor
+    clock.advance(1.2)
+    run_batch(lim, clock, 40, 0.5)
+    clock.advance(0.1)
+    run_batch(lim, clock, 40, 0.5)
+    assert lim.limit <= 40  # held at what ran, then reached while late: a probe takes over
+    held = [permit for permit in (lim.try_acquire() for _ in range(41)) if permit is not None]
+    assert len(held) <= 40 and lim.would_shed()  # the excess is refused at the door
+    for permit in held:
+        permit.release(completed=False)
+
+
+def test_a_loop_late_but_not_swamped_still_grows_a_limit_in_use():
+    # 5 ms late is a busy process (200 model chats at its CPU), not a swamped one: holding the
+    # limit there turned refused clients that resend at once into a refusal storm.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5)
+    clock.late_by = 0.005
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]
+    clock.advance(1.2)
+    for _ in range(5):
+        run_batch(lim, clock, 60, 0.2)
+        clock.advance(0.1)
+    assert lim.limit > 100
