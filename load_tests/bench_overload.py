@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -104,6 +106,17 @@ def _wait_drained(chat: ServiceProcess, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
+def _stall(pid: int, after: float, seconds: float) -> None:
+    """Stop the process `after` seconds from now for `seconds` (SIGSTOP, SIGCONT): a machine that
+    takes its CPU away, or a long pause, while requests keep coming (`--stall`)."""
+    time.sleep(after)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def _counted(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT COALESCE(SUM(message_count), 0) FROM user_counts").fetchone()[0])
@@ -137,12 +150,17 @@ def run_round(
         tracer = threading.Thread(target=_trace, args=(chat.url, stop, trace), daemon=True)
         if args.trace:
             tracer.start()
+        staller = threading.Thread(target=_stall, args=(chat.pid, args.stall_at, args.stall), daemon=True)
+        if args.stall:
+            staller.start()
         result = _generate(
             chat.url, "--rate", str(rate), "--seconds", str(args.seconds), "--timeout", str(args.timeout),
             "--after", "1", "--connections", str(args.connections), "--user-prefix", "bench",
         )  # fmt: skip
         stopped_at = float(result["stopped_at"])  # type: ignore[arg-type]
         stop.set()
+        if args.stall:
+            staller.join()
         for sample in trace:
             print("  trace", json.dumps(sample), flush=True)
         idle_at = _wait_until_idle(chat)
@@ -202,6 +220,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", help="chat setting for every round")
     parser.add_argument("--trace", action="store_true", help="print the admission and outbox gauges twice a second")
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="stop chat (SIGSTOP) this many seconds into the burst, then resume it: a machine that takes its CPU away",
+    )
+    parser.add_argument("--stall-at", type=float, default=1.0, help="seconds into the burst when --stall starts")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 

@@ -30,6 +30,9 @@ from ._policy import AdmissionPolicy
 
 _STUCK_UPDATES = 10  # updates at min_limit (1 s at the default interval) before an early probe
 _FIRST_PROBE_AFTER = 1.0  # seconds at `initial_limit` before the first probe: a cold start is not pinned at once
+# A loop whose timers run this late is swamped: a request waits longer than this to be read, and
+# whatever is admitted on top of what runs cannot be served in time (docs/overload.md).
+_SWAMPED_LAG = 0.1
 
 
 class GradientLimit:
@@ -90,7 +93,14 @@ class GradientLimit:
         self._window, self._busiest = [], 0
         self._next_update = now + self._policy.update_interval
         saturated = busiest >= int(self._limit)
-        self._congested = saturated and self._loop_lag() >= self._policy.congested_lag
+        lag = self._loop_lag()
+        self._congested = saturated and lag >= self._policy.congested_lag
+        if lag >= _SWAMPED_LAG and not saturated:
+            # Swamped below the limit (a stall, a burst the loop cannot even read): growing would
+            # admit all it reads and refuse nothing. Hold the limit at what is in flight, so the
+            # door refuses the excess and the next update finds it reached and congested.
+            self._limit = max(float(self._policy.min_limit), float(busiest))
+            return
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took
             # the CPU, a cold start): cutting would only refuse requests that are not the cause.
@@ -100,7 +110,8 @@ class GradientLimit:
         else:
             window.sort()
             median = window[len(window) // 2]
-            gradient = min(2.0, max(0.5, self.min_latency * (1 + self._policy.latency_tolerance) / median))
+            target = self.min_latency * (1 + self._policy.latency_tolerance) + self._policy.latency_allowance
+            gradient = min(2.0, max(0.5, target / median))
         if gradient >= 1.0 and busiest < self._limit / 2:
             return  # not limited by us: no evidence that more would be fine
         target = gradient * self._limit

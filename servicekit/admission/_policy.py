@@ -21,6 +21,7 @@ class AdmissionPolicy:
     max_limit: int = 500
     initial_limit: int = 100
     latency_tolerance: float = 0.5
+    latency_allowance: float = 0.0
     congested_lag: float = 0.002
     update_interval: float = 0.1
     probe_interval: float = 60.0
@@ -33,8 +34,8 @@ class AdmissionPolicy:
     def __post_init__(self) -> None:
         if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
             raise ValueError("need 1 <= min_limit <= initial_limit <= max_limit")
-        if self.latency_tolerance < 0 or self.congested_lag < 0 or not 0 <= self.probe_jitter < 1:
-            raise ValueError("latency_tolerance and congested_lag must be >= 0, probe_jitter in [0, 1)")
+        if min(self.latency_tolerance, self.latency_allowance, self.congested_lag) < 0 or not 0 <= self.probe_jitter < 1:
+            raise ValueError("latency_tolerance, latency_allowance and congested_lag must be >= 0, probe_jitter in [0, 1)")
         if min(self.update_interval, self.probe_interval, self.probe_max_seconds) <= 0 or self.probe_samples < 1:
             raise ValueError("intervals must be positive and probe_samples >= 1")
         if self.queue_timeout < 0 or self.queue_max < 0:

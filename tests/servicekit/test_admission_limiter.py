@@ -313,6 +313,7 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
         {"min_limit": 5, "initial_limit": 4},
         {"initial_limit": 600},
         {"latency_tolerance": -1},
+        {"latency_allowance": -0.01},
         {"congested_lag": -0.001},
         {"probe_jitter": 1.0},
         {"update_interval": 0},
@@ -323,3 +324,64 @@ def test_a_probe_that_cannot_fill_ends_after_its_time_with_what_it_has():
 def test_a_nonsensical_policy_is_refused(bad):
     with pytest.raises(ValueError):
         AdmissionPolicy(**bad)
+
+
+def settle(lim: Limiter, clock: FakeClock, latency: float, rounds: int = 10) -> int:
+    """`rounds` updates with the whole limit in use, every request taking `latency`; the limit after."""
+    for _ in range(rounds):
+        run_batch(lim, clock, lim.limit, latency)
+        clock.advance(0.1)
+    return lim.limit
+
+
+def test_queueing_within_the_latency_allowance_does_not_lower_the_limit():
+    # No-load latency 2 ms; 30 in flight on a late loop take 15 ms each: 13 ms of queueing for the
+    # CPU, the price of running 30 at once in one process, and within a 20 ms allowance (the 50%
+    # tolerance alone reads it as queueing and cuts: below). So the limit holds.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=30, min_limit=3, probe_samples=5, latency_allowance=0.02)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    assert settle(lim, clock, 0.015) >= 30
+    assert settle(lim, clock, 0.060) < 15  # queueing past it still cuts
+
+
+def test_without_an_allowance_the_same_queueing_lowers_the_limit():
+    assert AdmissionPolicy().latency_allowance == 0  # the default: fast refusals over goodput (docs/overload.md)
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=30, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    assert settle(lim, clock, 0.015) < 15
+
+
+def test_a_swamped_loop_holds_the_limit_at_what_is_in_flight_so_the_excess_is_refused():
+    # A stall or a burst the loop cannot even read: timers run 300 ms late, 40 run of a limit of
+    # 100. Growing it (40 is more than half) admitted everything read, and nothing was refused.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5, queue_timeout=0)
+    clock.late_by = 0.3
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # starts the lag monitor
+    clock.advance(1.2)
+    run_batch(lim, clock, 40, 0.5)
+    clock.advance(0.1)
+    run_batch(lim, clock, 40, 0.5)
+    assert lim.limit <= 40  # held at what ran, then reached while late: a probe takes over
+    held = [permit for permit in (lim.try_acquire() for _ in range(41)) if permit is not None]
+    assert len(held) <= 40 and lim.would_shed()  # the excess is refused at the door
+    for permit in held:
+        permit.release(completed=False)
+
+
+def test_a_loop_late_but_not_swamped_still_grows_a_limit_in_use():
+    # 5 ms late is a busy process (200 model chats at its CPU), not a swamped one: holding the
+    # limit there turned refused clients that resend at once into a refusal storm.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5)
+    clock.late_by = 0.005
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]
+    clock.advance(1.2)
+    for _ in range(5):
+        run_batch(lim, clock, 60, 0.2)
+        clock.advance(0.1)
+    assert lim.limit > 100
