@@ -96,7 +96,7 @@ class Outbox:
         self._disk_full = False
         self._failing: str | None = None
         self._at_bound = False
-        # An append waited past `append_timeout`: stalled until `maintain` takes the write lock in time
+        # An append was withdrawn: stalled until `maintain` takes the write lock in time
         # (refusing until then: a disk that stalls once per lock wait must not flap between ready and not).
         self._stalled = False
         self._clock = clock
@@ -153,14 +153,11 @@ class Outbox:
         if timeout is None:
             await self.writer.append(item)
             return
-        started = time.monotonic()
         try:
             await self.writer.append(item, withdraw_after=timeout)
         except WriterStalled:
+            self._stalled = True  # the writer, not the loop, fell behind (see `Writer.append`)
             raise OutboxUnavailable("withdrawn") from None
-        finally:
-            if time.monotonic() - started > timeout:  # withdrawn, or taken and slow: committed or not
-                self._stalled = True
 
     async def next_batch(self, limit: int) -> list[store.Row]:
         """The oldest records of the slots this process holds (a read: it claims nothing on disk)."""

@@ -42,6 +42,7 @@ class _Append(Generic[Item]):
     item: Item
     future: asyncio.Future[None]
     state: int = _QUEUED  # the writer takes it, or its caller withdraws it first (under `Writer._claims`)
+    timer: asyncio.TimerHandle | None = None  # the withdrawal, while armed
 
 
 class _Stop:
@@ -102,7 +103,8 @@ class Writer(Generic[Item]):
 
         With `withdraw_after`: if the thread has not taken the item within that many seconds (a stalled
         disk holds it on an earlier job), the item is withdrawn, never to be committed, and
-        `WriterStalled` raised. Once taken, the append runs to its end, however long that is.
+        `WriterStalled` raised. Once taken, the append runs to its end, however long that is. Seconds
+        in which the event loop itself did not run (a paused process) do not count against the thread.
         """
         future: asyncio.Future[None] = self._future()
         entry = _Append(item, future)
@@ -110,14 +112,25 @@ class Writer(Generic[Item]):
         if withdraw_after is None:
             await future
             return
-        assert self._loop is not None
-        timer = self._loop.call_later(withdraw_after, self._withdraw, entry)
+        self._arm(entry, withdraw_after)
         try:
             await future
         finally:
-            timer.cancel()
+            if entry.timer is not None:
+                entry.timer.cancel()
 
-    def _withdraw(self, entry: _Append[Item]) -> None:
+    def _arm(self, entry: _Append[Item], after: float) -> None:
+        assert self._loop is not None
+        deadline = self._loop.time() + after
+        entry.timer = self._loop.call_at(deadline, self._withdraw, entry, after, deadline)
+
+    def _withdraw(self, entry: _Append[Item], after: float, deadline: float) -> None:
+        assert self._loop is not None
+        if self._loop.time() - deadline > after / 2:
+            # The loop itself ran late (a paused process, a swamped loop): it cannot tell whether the
+            # writer kept up, so the writer gets a fresh `after`, judged by a loop that is on time.
+            self._arm(entry, after)
+            return
         with self._claims:
             if entry.state != _QUEUED:
                 return  # the thread has it: its commit settles the future

@@ -386,3 +386,21 @@ async def test_a_stalled_writer_makes_the_outbox_refuse_until_it_is_free(path):
     await box.append(item(2))
     assert [row.message_id for _, row in await box.next_batch(10)] == ["m2"], "only the append made after the stall"
     await box.close()
+
+
+async def test_seconds_the_loop_itself_did_not_run_do_not_count_against_the_writer():
+    committed: list[list[str]] = []
+    writer: Writer[str] = Writer(lambda items: committed.append(list(items)) or [None] * len(items))
+    writer.start()
+    disk = threading.Event()
+    held = asyncio.ensure_future(writer.call(disk.wait))
+    while writer.busy_seconds() == 0:
+        await asyncio.sleep(0.001)
+    append = asyncio.ensure_future(writer.append("paused", withdraw_after=0.5))
+    await asyncio.sleep(0)  # queued, its withdrawal armed
+    threading.Timer(1.25, disk.set).start()  # the writer is free right after the loop resumes
+    time.sleep(1.2)  # noqa: ASYNC251 - the loop does not run, as in a paused process
+    await append  # not withdrawn: the writer gets a fresh 0.5 s from when the loop runs again
+    await held
+    await writer.stop()
+    assert committed == [["paused"]]
