@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Literal
 
 import structlog
@@ -92,3 +94,25 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto", trace_ids
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+class Throttle:
+    """At most one log line per key every `every` seconds: a flood of one event must not flood the log.
+
+    `allow(key)` is None while the line is held back, else how many were held back since the last one.
+    """
+
+    def __init__(self, every: float = 5.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)

@@ -174,5 +174,9 @@ class ChatTurns:
 
     def outbox_refused(self, reason: str) -> HTTPException:
         self.metrics.outbox_refused.labels(reason).inc()
-        log.error("outbox_refused", reason=reason)
+        # every refusal is counted; the log gets one line per reason every 5 s (a full or stalled
+        # disk refuses thousands a second), with how many it left out
+        held_back = self.outbox.refusals_logged.allow(reason)
+        if held_back is not None:
+            log.error("outbox_refused", reason=reason, refused_since_last_line=held_back)
         return HTTPException(503, "Cannot record the message right now", headers={"Retry-After": "1"})

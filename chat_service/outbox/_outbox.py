@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from servicekit.logging import get_logger
+from servicekit.logging import Throttle, get_logger
 
 from ..analytics_client import RecordItem
 from . import _store as store
@@ -99,6 +99,7 @@ class Outbox:
         # An append was withdrawn: stalled until `maintain` takes the write lock in time
         # (refusing until then: a disk that stalls once per lock wait must not flap between ready and not).
         self._stalled = False
+        self.refusals_logged = Throttle()  # a chat refused per reason is logged at most every 5 s
         self._clock = clock
         self._counted: tuple[float, int, int] | None = None  # (when, depth, dead letters) of the last count
         self._counting: asyncio.Future[Stats] | None = None  # the count under way: concurrent callers share it
