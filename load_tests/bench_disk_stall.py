@@ -9,7 +9,9 @@ thread then waits on the lock with every append behind it.
 It prints, per phase (before, stall, after): chats by status and the latency of the 200s and the
 503s; the slowest `/metrics` and `/readyz` answers and what `/readyz` said, sampled every 100 ms;
 and at the end analytics' count against the 200s received (nothing counted without a 200, nothing
-lost). `--modes` compares settings, e.g. `--modes "on,off CHAT_OUTBOX_APPEND_TIMEOUT=0"`.
+lost). `--modes` compares settings, e.g. `--modes "on,off CHAT_OUTBOX_APPEND_TIMEOUT=0"`. The
+probes share the client's event loop with the load: their times include the client's own lag,
+more so when chat answers thousands of fast 503s than when it holds 32 chats.
 Run it under `flock /work/.bench.lock` like every benchmark.
 """
 
@@ -33,20 +35,25 @@ from .processes import ServiceProcess, analytics_env, chat_env
 USERS = 100  # every one exists in analytics: reads are 200s, not 404s
 
 
-def _drain(url: str, timeout: float = 30.0) -> None:
+def _drain(url: str, timeout: float = 30.0) -> bool:
+    """Wait until chat's outbox is empty; False if it was not within `timeout` (the count is then short)."""
     deadline = time.monotonic() + timeout
     while httpx.get(url + "/health/dependencies", timeout=10).json()["outbox"]["depth"] != 0:
         if time.monotonic() > deadline:
-            return
+            return False
         time.sleep(0.1)
+    return True
 
 
-def _hold_lock(path: Path, start: float, seconds: float) -> None:
+def _hold_lock(path: Path, start: float, seconds: float, held: list[float]) -> None:
+    """Take the write lock `start` seconds from now, hold it `seconds`; `held` gets when it was taken and given back."""
     time.sleep(start)
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+    holder = sqlite3.connect(path, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")  # chat commits all the time: the lock may take a moment to get
+    held.append(time.monotonic())
     time.sleep(seconds)
     holder.execute("ROLLBACK")
+    held.append(time.monotonic())
     holder.close()
 
 
@@ -106,7 +113,8 @@ def run_round(
         seconds = args.before + args.stall + args.after
         result, probes = LoadResult(), list[tuple[float, str, float, int]]()
         began = time.monotonic()
-        locker = threading.Thread(target=_hold_lock, args=(outbox, args.before, args.stall), daemon=True)
+        held: list[float] = []
+        locker = threading.Thread(target=_hold_lock, args=(outbox, args.before, args.stall, held), daemon=True)
         locker.start()
 
         async def drive() -> None:
@@ -118,12 +126,14 @@ def run_round(
         asyncio.run(drive())
         locker.join()
         received = sum(s.status == 200 for s in result.samples)
-        _drain(chat.url)
+        drained = _drain(chat.url)
         counted = _counted(db) - counted_before
-    edges = {"before": (began, began + args.before), "stall": (began + args.before, began + args.before + args.stall)}
-    edges["after"] = (edges["stall"][1], began + seconds)
+    # the phases by when the lock was really held (a chat started before it but answered during it counts before)
+    edges = {"before": (began, held[0]), "stall": (held[0], held[1]), "after": (held[1], began + seconds)}
     return {
         **{name: _phase(result.samples, *edge) | _probes(probes, *edge) for name, edge in edges.items()},
+        "lock_held_s": round(held[1] - held[0], 2),
+        "drained": drained,
         "client_errors": result.errors,
         "received_200": received,
         "analytics_counted": counted,

@@ -195,8 +195,8 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         description="Seconds a reply's record may wait for the outbox's writer thread to take it; past that the chat "
-        "answers 503 and nothing is recorded, and while the writer has been on one job longer, chats get 503 and "
-        "/readyz fails (a stalled disk). 0: wait however long it takes",
+        "answers 503 and nothing is recorded, and chats get 503 and /readyz fails (a stalled disk) until a write "
+        "makes it through in time again. 0: wait however long it takes",
     )
     shutdown_flush_seconds: float = Field(5.0, ge=0)
 

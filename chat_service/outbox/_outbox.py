@@ -81,6 +81,8 @@ class Outbox:
         self.path = Path(path)
         # An append the writer thread has not taken within this many seconds is withdrawn (the
         # chat answers 503, nothing recorded); a writer on one job for longer is `stalled`.
+        if append_timeout is not None and append_timeout <= 0:
+            raise ValueError("append_timeout must be positive, or None for no timeout")
         self.append_timeout = append_timeout
         self.max_rows = max_rows
         self.busy_timeout = busy_timeout
@@ -96,15 +98,18 @@ class Outbox:
         self._disk_full = False
         self._failing: str | None = None
         self._at_bound = False
-        # An append was withdrawn: stalled until `maintain` takes the write lock in time
-        # (refusing until then: a disk that stalls once per lock wait must not flap between ready and not).
+        # An append was withdrawn: stalled until a write (an append, an acknowledgement, the probe in
+        # `maintain`) makes the round trip within `append_timeout` with no withdrawal meanwhile
+        # (refusing until then: a disk that stalls once per lock wait must not flap between ready
+        # and not). Both are read and written on the event loop only.
         self._stalled = False
+        self._withdrawals = 0
         self.refusals_logged = Throttle()  # a chat refused per reason is logged at most every 5 s
         self._clock = clock
         self._counted: tuple[float, int, int] | None = None  # (when, depth, dead letters) of the last count
         self._counting: asyncio.Future[Stats] | None = None  # the count under way: concurrent callers share it
 
-    # -- state, read on the event loop (plain attributes, written only by the writer thread) --
+    # -- state, read on the event loop (plain attributes written by the writer thread, but `_stalled`) --
 
     @property
     def status(self) -> Status:
@@ -154,11 +159,24 @@ class Outbox:
         if timeout is None:
             await self.writer.append(item)
             return
+        started, withdrawals = time.monotonic(), self._withdrawals
         try:
             await self.writer.append(item, withdraw_after=timeout)
         except WriterStalled:
             self._stalled = True  # the writer, not the loop, fell behind (see `Writer.append`)
+            self._withdrawals += 1
             raise OutboxUnavailable("withdrawn") from None
+        self._wrote_in_time(started, withdrawals)
+
+    def _wrote_in_time(self, started: float, withdrawals: int) -> None:
+        """A write made its round trip (queued, taken, committed): in time, it ends a stall."""
+        if (
+            self._stalled
+            and self._withdrawals == withdrawals
+            and self.append_timeout is not None
+            and time.monotonic() - started <= self.append_timeout
+        ):
+            self._stalled = False
 
     async def next_batch(self, limit: int) -> list[store.Row]:
         """The oldest records of the slots this process holds (a read: it claims nothing on disk)."""
@@ -166,7 +184,9 @@ class Outbox:
 
     async def acknowledge(self, ids: Sequence[int]) -> None:
         """Delete delivered records in one transaction; on a full disk, give the space back."""
+        started, withdrawals = time.monotonic(), self._withdrawals
         await self.writer.call(lambda: self._write(lambda db: store.delete(db, ids)))
+        self._wrote_in_time(started, withdrawals)
 
     async def dead_letter(self, row_id: int, status: int | None) -> None:
         await self.writer.call(lambda: self._write(lambda db: store.dead_letter(db, row_id, status)))
@@ -225,7 +245,18 @@ class Outbox:
         return await self.writer.call(lambda: None if self._db is None else store.count(self._db, self.slots.held))
 
     async def maintain(self) -> None:
-        """Reopen, adopt dead processes' records, give back space and re-check the bound; never raises."""
+        """Reopen, adopt dead processes' records, give back space and re-check the bound; never raises.
+
+        While stalled, first a probe: the write lock taken and given back, on its own.
+        """
+        if self._stalled and self._db is not None:
+            started, withdrawals = time.monotonic(), self._withdrawals
+            try:
+                await self.writer.call(self._probe_write_lock)
+            except Exception as error:
+                log.warning("outbox_maintenance_failed", error=error_name(error))
+            else:
+                self._wrote_in_time(started, withdrawals)
         try:
             await self.writer.call(self._maintain)
         except Exception as error:
@@ -342,11 +373,13 @@ class Outbox:
             with store.transaction(db):  # the write lock can be taken again: SQLite works
                 pass
             self._failing = None
-        if self._stalled:
-            started = time.monotonic()
-            with store.transaction(db):  # the write lock, taken within the append timeout: no longer stalled
-                pass
-            self._stalled = self.append_timeout is not None and time.monotonic() - started > self.append_timeout
+
+    def _probe_write_lock(self) -> None:
+        db = self._db
+        if db is None:
+            raise OutboxUnavailable("unavailable")
+        with store.transaction(db):
+            pass
 
     def _close(self) -> None:
         if self._db is not None:

@@ -31,6 +31,9 @@ class _Call:
 
 
 _QUEUED, _TAKEN, _WITHDRAWN = range(3)
+# A withdrawal that fires this much later than due (or half its timeout, if more) says the loop
+# itself did not run: admission's "swamped" is the same 100 ms.
+LOOP_LATE = 0.1
 
 
 class WriterStalled(Exception):
@@ -106,6 +109,8 @@ class Writer(Generic[Item]):
         `WriterStalled` raised. Once taken, the append runs to its end, however long that is. Seconds
         in which the event loop itself did not run (a paused process) do not count against the thread.
         """
+        if withdraw_after is not None and withdraw_after <= 0:
+            raise ValueError("withdraw_after must be positive")
         future: asyncio.Future[None] = self._future()
         entry = _Append(item, future)
         self._queue.put(entry)
@@ -126,7 +131,7 @@ class Writer(Generic[Item]):
 
     def _withdraw(self, entry: _Append[Item], after: float, deadline: float) -> None:
         assert self._loop is not None
-        if self._loop.time() - deadline > after / 2:
+        if self._loop.time() - deadline > max(after / 2, LOOP_LATE):
             # The loop itself ran late (a paused process, a swamped loop): it cannot tell whether the
             # writer kept up, so the writer gets a fresh `after`, judged by a loop that is on time.
             self._arm(entry, after)

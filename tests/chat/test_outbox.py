@@ -404,3 +404,39 @@ async def test_seconds_the_loop_itself_did_not_run_do_not_count_against_the_writ
     await held
     await writer.stop()
     assert committed == [["paused"]]
+
+
+async def test_a_stall_ends_only_with_a_write_in_time_not_while_the_lock_is_still_held(path):
+    box = Outbox(path, max_rows=100, busy_timeout=0.2, append_timeout=0.5)
+    await box.open()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        disk = threading.Event()
+        stalled = asyncio.ensure_future(box.writer.call(disk.wait))
+        while box.writer.busy_seconds() == 0:
+            await asyncio.sleep(0.001)
+        with pytest.raises(OutboxUnavailable):
+            await box.append(item(1))  # withdrawn: stalled from here
+        disk.set()
+        await stalled
+        assert box.status == "stalled"
+        await box.maintain()  # its probe cannot take the write lock
+        assert box.status == "stalled", "not while the lock is held"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await box.maintain()
+    assert box.accepting, "the probe took the lock in time"
+    await box.close()
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0])
+async def test_a_withdrawal_needs_a_positive_timeout(path, timeout):
+    with pytest.raises(ValueError):
+        Outbox(path, max_rows=10, append_timeout=timeout)
+    writer: Writer[str] = Writer(lambda items: [None] * len(items))
+    writer.start()
+    with pytest.raises(ValueError):
+        await writer.append("x", withdraw_after=timeout)
+    await writer.stop()

@@ -80,7 +80,9 @@ async def test_a_stalled_disk_makes_chat_refuse_and_unready_and_records_nothing_
         holder.execute("BEGIN IMMEDIATE")  # the writer thread takes the first append and waits on the lock
         try:
             first = asyncio.create_task(chat.post("/chat/", json={**MESSAGE, "user_id": "first"}))
+            deadline = time.monotonic() + 1.5
             while sample((await chat.get("/metrics")).text, "chat_outbox_writer_busy_seconds") < 0.05:
+                assert time.monotonic() < deadline and not first.done(), "the writer never waited on the lock"
                 await asyncio.sleep(0.01)
             # queued behind it and withdrawn (or, on a slow machine, refused before the model runs)
             behind = await chat.post("/chat/", json={**MESSAGE, "user_id": "behind"})
