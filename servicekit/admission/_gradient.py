@@ -33,6 +33,9 @@ _FIRST_PROBE_AFTER = 1.0  # seconds at `initial_limit` before the first probe: a
 # A loop whose timers run this late is swamped: a request waits longer than this to be read, and
 # whatever is admitted on top of what runs cannot be served in time (docs/overload.md).
 _SWAMPED_LAG = 0.1
+# ...in this many updates in a row: one late window is a hiccup (a GC pause, a neighbour's burst on
+# a small machine), and holding the limit at what happened to run then refused requests at low load.
+_SWAMPED_UPDATES = 2
 
 
 class GradientLimit:
@@ -60,6 +63,7 @@ class GradientLimit:
         self._probe: list[float] = []
         self._next_probe = now + _FIRST_PROBE_AFTER
         self._congested = False
+        self._late_updates = 0  # consecutive updates whose loop lateness reached _SWAMPED_LAG
 
     @property
     def limit(self) -> int:
@@ -95,7 +99,8 @@ class GradientLimit:
         saturated = busiest >= int(self._limit)
         lag = self._loop_lag()
         self._congested = saturated and lag >= self._policy.congested_lag
-        if lag >= _SWAMPED_LAG and not saturated:
+        self._late_updates = self._late_updates + 1 if lag >= _SWAMPED_LAG else 0
+        if self._late_updates >= _SWAMPED_UPDATES and not saturated:
             # Swamped below the limit (a stall, a burst the loop cannot even read): growing would
             # admit all it reads and refuse nothing. Hold the limit at what is in flight, so the
             # door refuses the excess and the next update finds it reached and congested.
