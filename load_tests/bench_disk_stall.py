@@ -28,21 +28,10 @@ from pathlib import Path
 
 import httpx
 
-from .bench_overload import _counted
 from .loadgen import LoadResult, Sample, chat_request, percentile, run_load
-from .processes import ServiceProcess, analytics_env, chat_env
+from .processes import ServiceProcess, chat_env, counted_messages, outbox_drained, seed_users, sqlite_analytics
 
 USERS = 100  # every one exists in analytics: reads are 200s, not 404s
-
-
-def _drain(url: str, timeout: float = 30.0) -> bool:
-    """Wait until chat's outbox is empty; False if it was not within `timeout` (the count is then short)."""
-    deadline = time.monotonic() + timeout
-    while httpx.get(url + "/health/dependencies", timeout=10).json()["outbox"]["depth"] != 0:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def _hold_lock(path: Path, start: float, seconds: float, held: list[float]) -> None:
@@ -108,8 +97,8 @@ def run_round(
     with chat:
         bodies = [chat_request(f"127.0.0.1:{chat.port}", {"user_id": f"stall{u}", "text": "Hello there!"}) for u in range(USERS)]
         asyncio.run(run_load(chat.url, lambda i: bodies[i % USERS], connections=args.connections, seconds=1.0))  # warm-up
-        _drain(chat.url)  # the warm-up's records are counted before the measured window
-        counted_before = _counted(db)
+        outbox_drained(chat.url, timeout=30.0)  # the warm-up's records are counted before the measured window
+        counted_before = counted_messages(db)
         seconds = args.before + args.stall + args.after
         result, probes = LoadResult(), list[tuple[float, str, float, int]]()
         began = time.monotonic()
@@ -126,8 +115,8 @@ def run_round(
         asyncio.run(drive())
         locker.join()
         received = sum(s.status == 200 for s in result.samples)
-        drained = _drain(chat.url)
-        counted = _counted(db) - counted_before
+        drained = outbox_drained(chat.url, timeout=30.0)
+        counted = counted_messages(db) - counted_before
     # the phases by when the lock was really held (a chat started before it but answered during it counts before)
     edges = {"before": (began, held[0]), "stall": (held[0], held[1]), "after": (held[1], began + seconds)}
     return {
@@ -153,16 +142,9 @@ def main() -> None:
     modes = [(mode.split()[0], dict(pair.split("=", 1) for pair in mode.split()[1:])) for mode in args.modes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        db = work / "analytics.sqlite3"
-        analytics = ServiceProcess(
-            "analytics_service.main:app",
-            extra_args=("--loop", "uvloop"),
-            log_path=work / "analytics.log",
-            env=analytics_env(f"sqlite:///{db}", ANALYTICS_LOG_LEVEL="WARNING"),
-        )
+        analytics, db = sqlite_analytics(work)
         with analytics:
-            items = [{"user_id": f"stall{u}", "message_id": "seed", "timestamp": "2025-01-01T00:00:00Z"} for u in range(USERS)]
-            httpx.post(analytics.url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
+            seed_users(analytics.url, [f"stall{u}" for u in range(USERS)])
             for n in range(args.rounds * len(modes)):
                 name, extra = modes[n % len(modes)]
                 print(name, json.dumps(run_round(work, analytics, db, n, extra, args)), flush=True)

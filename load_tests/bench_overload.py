@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import httpx
 
 from .bench import rss_kib
 from .loadgen import percentile
-from .processes import ServiceProcess, analytics_env, chat_env
+from .processes import ServiceProcess, chat_env, counted_messages, outbox_drained, seed_users, sqlite_analytics
 
 _REQUESTS = re.compile(r'^http_requests_total\{method="POST",route="/chat/",status="\d+"\} ([0-9.e+]+)$', re.MULTILINE)
 
@@ -98,12 +97,9 @@ def _wait_until_idle(chat: ServiceProcess, timeout: float = 120.0) -> float:
     return moved_at
 
 
-def _wait_drained(chat: ServiceProcess, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(chat.url + "/health/dependencies", timeout=30).json()["outbox"]["depth"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the outbox did not drain")
-        time.sleep(0.2)
+def _wait_drained(chat: ServiceProcess) -> None:
+    if not outbox_drained(chat.url, timeout=120.0):
+        raise TimeoutError("the outbox did not drain")
 
 
 def _stall(pid: int, after: float, seconds: float) -> None:
@@ -115,11 +111,6 @@ def _stall(pid: int, after: float, seconds: float) -> None:
         time.sleep(seconds)
     finally:
         os.kill(pid, signal.SIGCONT)
-
-
-def _counted(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COALESCE(SUM(message_count), 0) FROM user_counts").fetchone()[0])
 
 
 def _ms(latencies: list[float], q: float) -> float | None:
@@ -143,7 +134,7 @@ def run_round(
         _capacity(chat.url, args.warmup, args.connections)
         capacity = _capacity(chat.url, args.capacity_seconds, args.connections)
         _wait_drained(chat)
-        counted_before, rss_before, dropped_before = _counted(db), rss_kib(chat.pid), _dropped(chat.url)
+        counted_before, rss_before, dropped_before = counted_messages(db), rss_kib(chat.pid), _dropped(chat.url)
         rate = args.factor * capacity
         trace: list[dict[str, float]] = []
         stop = threading.Event()
@@ -168,7 +159,7 @@ def run_round(
         time.sleep(args.settle)
         rss_after = rss_kib(chat.pid)
         dropped = {k: v - dropped_before.get(k, 0) for k, v in _dropped(chat.url).items() if v - dropped_before.get(k, 0)}
-        counted = _counted(db) - counted_before
+        counted = counted_messages(db) - counted_before
     requests: list[list[float]] = result["requests"]  # type: ignore[assignment]
     ok = [latency for _, latency, status in requests if status == 200]
     refused = [latency for _, latency, status in requests if status == 503]
@@ -231,21 +222,10 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-overload-"))
-    db = work / "analytics.sqlite3"
-    analytics = ServiceProcess(
-        "analytics_service.main:app",
-        extra_args=("--loop", "uvloop"),
-        log_path=work / "analytics.log",
-        env=analytics_env(f"sqlite:///{db}", ANALYTICS_LOG_LEVEL="WARNING"),
-    )
+    analytics, db = sqlite_analytics(work)
     rounds = []
     with analytics:
-        for start in range(0, args.users, 500):  # every bench user exists: reads are 200s, not 404s
-            items = [
-                {"user_id": f"bench{i}", "message_id": "seed", "timestamp": "2025-01-01T00:00:00Z"}
-                for i in range(start, min(start + 500, args.users))
-            ]
-            httpx.post(analytics.url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
+        seed_users(analytics.url, [f"bench{i}" for i in range(args.users)])
         modes = [mode.strip() for mode in args.modes.split(",")]
         for n in range(args.rounds * len(modes)):
             result = run_round(analytics, db, work, args, mode=modes[n % len(modes)], n=n)

@@ -8,6 +8,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -197,3 +198,40 @@ def chat_env(analytics_url: str, outbox_path: str | Path, *, model_url: str | No
         **model,
         **extra,
     }
+
+
+def sqlite_analytics(work: Path) -> tuple[ServiceProcess, Path]:
+    """Analytics on a SQLite file in `work`, logging warnings only, as the benchmarks run it (not started)."""
+    db = work / "analytics.sqlite3"
+    process = ServiceProcess(
+        "analytics_service.main:app",
+        extra_args=("--loop", "uvloop"),
+        log_path=work / "analytics.log",
+        env=analytics_env(f"sqlite:///{db}", ANALYTICS_LOG_LEVEL="WARNING"),
+    )
+    return process, db
+
+
+def seed_users(analytics_url: str, user_ids: list[str]) -> None:
+    """Give each user one message, so that chat's reads of their counts are 200s, not 404s."""
+    for start in range(0, len(user_ids), 500):
+        items = [
+            {"user_id": user, "message_id": "seed", "timestamp": "2025-01-01T00:00:00Z"} for user in user_ids[start : start + 500]
+        ]
+        httpx.post(analytics_url + "/messages/batch", json={"items": items}, timeout=30).raise_for_status()
+
+
+def counted_messages(db: Path) -> int:
+    """Every message analytics has counted, read from its SQLite file."""
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COALESCE(SUM(message_count), 0) FROM user_counts").fetchone()[0])
+
+
+def outbox_drained(chat_url: str, timeout: float) -> bool:
+    """Wait until chat's outbox is empty; False if it was not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(chat_url + "/health/dependencies", timeout=30).json()["outbox"]["depth"] != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
