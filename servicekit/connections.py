@@ -33,7 +33,6 @@ import errno
 import functools
 import os
 import resource
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .admission import GATE_KEY, Refusal, ShedGate
-from .logging import get_logger
+from .logging import Throttle, get_logger
 
 STATE_KEY = "connection_events"
 _ACCEPT_ERRNOS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS: "ENOBUFS", errno.ENOMEM: "ENOMEM"}
@@ -105,7 +104,7 @@ class ConnectionEvents:
             f"{prefix}_accept_errors_total", "accept() failures reported by the event loop", ["errno"], registry=registry
         )
         ProcessCollector(registry=registry)  # process_open_fds, process_max_fds, RSS, CPU
-        self._last_warning: dict[str, float] = {}
+        self._warnings = Throttle(_WARN_EVERY)
 
     def on_close(self, reason: str, count: int = 1, **fields: object) -> None:
         """`read_timeout`, `idle_evicted` or `refused` (no descriptor to spare)."""
@@ -118,9 +117,7 @@ class ConnectionEvents:
         self._warn("accept_failed", errno=name, open_fds=_open_fds())
 
     def _warn(self, event: str, **fields: object) -> None:
-        now = time.monotonic()
-        if now - self._last_warning.get(event, -_WARN_EVERY) >= _WARN_EVERY:
-            self._last_warning[event] = now
+        if self._warnings.allow(event) is not None:
             self.log.warning(event, **fields)
 
 
