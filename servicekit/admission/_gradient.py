@@ -12,7 +12,11 @@ compared with it:
 so the limit shrinks while queueing shows and grows while it does not. The square-root
 headroom keeps enough in flight to notice when more would be fine.
 
-Until the first probe, one second after start, the limit stays at `initial_limit`. Two
+Until the first probe, one second after start, the limit stays at `initial_limit`. A probe ends
+by fitting the limit to what was being served (Little's law): the highest completion rate of the
+updates before it, times the target latency, plus the square-root headroom, if that is lower than
+the limit was. A first probe that a burst sets off at the initial limit would otherwise hand the
+burst that whole limit again, to be halved update by update while the loop is swamped. Two more
 additions. The limit does not grow while fewer than half of it were in use (Netflix's
 "app-limited" rule): an idle service would otherwise drift to `max_limit` and admit a whole
 burst at once. And a limit stuck at `min_limit` for a second means latency rose for a reason
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 
 from ._policy import AdmissionPolicy
@@ -36,6 +41,7 @@ _SWAMPED_LAG = 0.1
 # ...in this many updates in a row: one late window is a hiccup (a GC pause, a neighbour's burst on
 # a small machine), and holding the limit at what happened to run then refused requests at low load.
 _SWAMPED_UPDATES = 2
+_RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates a probe's end fits the limit to
 
 
 class GradientLimit:
@@ -55,8 +61,10 @@ class GradientLimit:
         self._limit = float(policy.initial_limit)
         self.min_latency: float | None = None
         self._window: list[float] = []
+        self._window_started = now
         self._busiest = 0
         self._next_update = now + policy.update_interval
+        self._rates: deque[float] = deque(maxlen=_RATE_WINDOWS)  # completions per second, per update
         self._stuck = 0
         self.probing = False
         self._probe_started = now
@@ -94,7 +102,9 @@ class GradientLimit:
 
     def _update(self, now: float) -> None:
         window, busiest = self._window, self._busiest
-        self._window, self._busiest = [], 0
+        if len(window) >= 3:  # fewer says little about a rate
+            self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
+        self._window, self._busiest, self._window_started = [], 0, now
         self._next_update = now + self._policy.update_interval
         saturated = busiest >= int(self._limit)
         lag = self._loop_lag()
@@ -132,7 +142,13 @@ class GradientLimit:
         self._probe.sort()
         self.min_latency = self._probe[len(self._probe) // 2]
         self.probing, self._probe = False, []
-        self._window, self._busiest = [], 0
+        if self._rates:
+            # Little's law: what the recent rate needs in flight at the target latency. Only ever
+            # lower: a limit that served fine stays; one that a burst found unmeasured is fitted.
+            fit = max(self._rates) * (self.min_latency * (1 + self._policy.latency_tolerance) + self._policy.latency_allowance)
+            self._limit = min(self._limit, max(float(self._policy.min_limit), fit + math.sqrt(fit)))
+            self._rates.clear()
+        self._window, self._busiest, self._window_started = [], 0, now
         self._next_update = now + self._policy.update_interval
         jitter = 1 + self._policy.probe_jitter * (2 * self._rng.random() - 1)
         self._next_probe = now + self._policy.probe_interval * jitter

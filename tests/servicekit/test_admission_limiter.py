@@ -170,7 +170,7 @@ async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot
     assert lim.in_flight == 0
 
 
-def test_the_first_congestion_probes_the_latency_without_load():
+def test_the_first_congestion_probes_the_latency_without_load_and_fits_the_limit():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
     congest(lim, clock)
@@ -184,7 +184,34 @@ def test_the_first_congestion_probes_the_latency_without_load():
     for _ in range(5):
         run_batch(lim, clock, 1, 0.002)
     assert lim.min_latency == pytest.approx(0.002)
-    assert lim.limit == 20
+    # 20 in flight took 25x the no-load latency; the ~130 a second served need one at 3 ms: the floor
+    assert lim.limit == 3
+
+
+def burst_then_probe(initial_limit: int, no_load_latency: float) -> GradientLimit:
+    """A second of a burst that keeps `initial_limit` in flight and finishes 2,000 a second, then a probe."""
+    clock = FakeClock()
+    gradient = GradientLimit(AdmissionPolicy(initial_limit=initial_limit, probe_samples=1), clock.monotonic())
+    for _ in range(11):  # an update every 0.1 s, each over 200 completions
+        for _ in range(200):
+            gradient.observe(0.05, initial_limit, uncrowded=False, now=clock.monotonic())
+        clock.advance(0.1)
+    gradient.tick(clock.monotonic())  # limit reached, loop late (no lag source: always late)
+    assert gradient.probing
+    clock.advance(no_load_latency)
+    gradient.observe(no_load_latency, 1, uncrowded=True, now=clock.monotonic())
+    assert not gradient.probing and gradient.min_latency == pytest.approx(no_load_latency)
+    return gradient
+
+
+def test_a_probe_fits_an_unmeasured_limit_to_the_rate_served_at_the_target_latency():
+    # Little's law: 2,000 a second at 15 ms (10 ms no-load, 50% tolerance) is 30 in flight, plus
+    # sqrt(30) headroom. Resuming at 100 would hand a swamped loop 100 again, halved per update.
+    assert burst_then_probe(100, 0.01).limit == 35
+
+
+def test_a_probe_never_raises_a_limit_by_its_fit():
+    assert burst_then_probe(10, 0.01).limit == 10
 
 
 def test_queueing_lowers_the_limit_and_its_absence_raises_it():
