@@ -12,7 +12,9 @@ compared with it:
 so the limit shrinks while queueing shows and grows while it does not. The square-root
 headroom keeps enough in flight to notice when more would be fine.
 
-Until the first probe, one second after start, the limit stays at `initial_limit`. A probe ends
+Until the first probe, one second after start, the limit stays at `initial_limit`; a loop 20 ms
+late or more with at least half of it in use, reached or not, then starts that probe instead of
+growing a limit it has no baseline for. A probe ends
 by fitting the limit to what was being served (Little's law): the highest completion rate of the
 updates before it, times the target latency, plus the square-root headroom, if that is lower than
 the limit was. A first probe that a burst sets off at the initial limit would otherwise hand the
@@ -41,6 +43,10 @@ _SWAMPED_LAG = 0.1
 # ...in this many updates in a row: one late window is a hiccup (a GC pause, a neighbour's burst on
 # a small machine), and holding the limit at what happened to run then refused requests at low load.
 _SWAMPED_UPDATES = 2
+# With no baseline yet, a loop this late with half the limit in use reads requests too slowly for
+# growth to mean anything: it probes instead. A busy one (200 model chats at the CPU's capacity runs
+# ~5 ms late) still grows, as the limit must to serve them.
+_BLIND_LAG = 0.02
 _RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates a probe's end fits the limit to
 
 
@@ -115,6 +121,14 @@ class GradientLimit:
             # admit all it reads and refuse nothing. Hold the limit at what is in flight, so the
             # door refuses the excess and the next update finds it reached and congested.
             self._limit = max(float(self._policy.min_limit), float(busiest))
+            return
+        if self.min_latency is None and lag >= _BLIND_LAG and busiest >= self._limit / 2:
+            # Busy and late before any baseline: growing would be blind. A 3x burst that the loop
+            # read too slowly ever to reach the initial limit grew it from 100 to 336 in 3.5 s, 150
+            # in flight and the loop 30-250 ms late (docs/overload.md). Hold it, and measure the
+            # baseline as soon as a probe may run.
+            if now >= self._next_probe:
+                self._start_probe(now)
             return
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took

@@ -210,6 +210,42 @@ def test_a_probe_fits_an_unmeasured_limit_to_the_rate_served_at_the_target_laten
     assert burst_then_probe(100, 0.01).limit == 35
 
 
+def test_a_late_loop_below_an_unmeasured_limit_probes_instead_of_growing_it():
+    # A burst the loop reads too slowly to reach the initial limit: 60 of 100 in flight, the
+    # loop 30 ms late. Growing (the limit is half used, not reached) admitted ever more.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5)
+    congest(lim, clock)
+    clock.late_by = 0.03
+    clock.advance(0.1)  # the lag monitor's timers now fire 30 ms late
+    for _ in range(5):  # the first second: no probe yet, and no growth either
+        run_batch(lim, clock, 60, 0.05)
+        clock.advance(0.1)
+    assert lim.limit == 100 and not lim._gradient.probing
+    clock.advance(1.0)
+    run_batch(lim, clock, 60, 0.05)
+    run_batch(lim, clock, 1, 0.05)  # the update after a second: a probe, though the limit was never reached
+    assert lim._gradient.probing and lim.limit == 3
+    for _ in range(5):
+        run_batch(lim, clock, 1, 0.005)
+    assert lim.min_latency == pytest.approx(0.005)
+    assert lim.limit < 100
+
+
+def test_a_late_loop_with_a_baseline_still_grows_a_limit_in_use_below_it():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    clock.late_by = 0.03
+    clock.advance(0.1)  # the lag monitor's timers now fire 30 ms late
+    before = lim.limit
+    for _ in range(5):  # 15 of 20 in flight, the loop late: a baseline exists, so no probe
+        run_batch(lim, clock, 15, 0.002)
+        clock.advance(0.1)
+    assert not lim._gradient.probing and lim.limit > before
+
+
 def test_a_probe_never_raises_a_limit_by_its_fit():
     assert burst_then_probe(10, 0.01).limit == 10
 
