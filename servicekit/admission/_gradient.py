@@ -12,13 +12,12 @@ compared with it:
 so the limit shrinks while queueing shows and grows while it does not. The square-root
 headroom keeps enough in flight to notice when more would be fine.
 
-Until the first probe, one second after start, the limit stays at `initial_limit`; a loop 20 ms
-late or more with at least half of it in use, reached or not, then starts that probe instead of
-growing a limit it has no baseline for. A probe ends
-by fitting the limit to what was being served (Little's law): the highest completion rate of the
-updates before it, times the target latency, plus the square-root headroom, if that is lower than
-the limit was. A first probe that a burst sets off at the initial limit would otherwise hand the
-burst that whole limit again, to be halved update by update while the loop is swamped. Two more
+The limit starts at `initial_limit`, and no probe runs in the first second. Until the first probe
+a loop 20 ms late or more never grows it: without a baseline, growth would be blind. The first
+probe ends by fitting the limit to what was being served (Little's law): the highest completion
+rate of the updates before it, times the target latency, plus the square-root headroom, if that
+is lower than the limit was. A burst's first probe would otherwise hand the burst the unmeasured
+initial limit again, to be halved update by update while the loop is swamped. Two more
 additions. The limit does not grow while fewer than half of it were in use (Netflix's
 "app-limited" rule): an idle service would otherwise drift to `max_limit` and admit a whole
 burst at once. And a limit stuck at `min_limit` for a second means latency rose for a reason
@@ -43,11 +42,11 @@ _SWAMPED_LAG = 0.1
 # ...in this many updates in a row: one late window is a hiccup (a GC pause, a neighbour's burst on
 # a small machine), and holding the limit at what happened to run then refused requests at low load.
 _SWAMPED_UPDATES = 2
-# With no baseline yet, a loop this late with half the limit in use reads requests too slowly for
-# growth to mean anything: it probes instead. A busy one (200 model chats at the CPU's capacity runs
-# ~5 ms late) still grows, as the limit must to serve them.
+# With no baseline yet, a loop this late reads requests too slowly for growth to mean anything: the
+# limit is held. A busy one (200 model chats at the CPU's capacity runs ~5 ms late) still grows, as
+# the limit must to serve them.
 _BLIND_LAG = 0.02
-_RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates a probe's end fits the limit to
+_RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates the first probe fits the limit to
 
 
 class GradientLimit:
@@ -108,7 +107,8 @@ class GradientLimit:
 
     def _update(self, now: float) -> None:
         window, busiest = self._window, self._busiest
-        if len(window) >= 3:  # fewer says little about a rate
+        if len(window) >= 3 and now - self._window_started <= 2 * self._policy.update_interval:
+            # Fewer says little about a rate, and a window stretched over idle time understates it.
             self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
         self._window, self._busiest, self._window_started = [], 0, now
         self._next_update = now + self._policy.update_interval
@@ -122,13 +122,12 @@ class GradientLimit:
             # door refuses the excess and the next update finds it reached and congested.
             self._limit = max(float(self._policy.min_limit), float(busiest))
             return
-        if self.min_latency is None and lag >= _BLIND_LAG and busiest >= self._limit / 2:
-            # Busy and late before any baseline: growing would be blind. A 3x burst that the loop
-            # read too slowly ever to reach the initial limit grew it from 100 to 336 in 3.5 s, 150
-            # in flight and the loop 30-250 ms late (docs/overload.md). Hold it, and measure the
-            # baseline as soon as a probe may run.
-            if now >= self._next_probe:
-                self._start_probe(now)
+        if self.min_latency is None and lag >= _BLIND_LAG:
+            # Late before any baseline: growing would be blind. A 3x burst that the loop read too
+            # slowly ever to reach the initial limit grew it from 100 to 336 in 3.5 s, 150 in flight
+            # and the loop 30-250 ms late (docs/overload.md). Held, the limit is soon reached, and
+            # the congested tick probes. Only held: one late reading (a GC, a neighbour) must not
+            # pin a service that waits seconds on its model to the probe's floor.
             return
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took
@@ -154,10 +153,14 @@ class GradientLimit:
 
     def _end_probe(self, now: float) -> None:
         self._probe.sort()
+        first = self.min_latency is None
         self.min_latency = self._probe[len(self._probe) // 2]
         self.probing, self._probe = False, []
-        if self._rates:
-            # Little's law: what the recent rate needs in flight at the target latency. Only ever
+        self._loop_lag()  # the probe's lateness belongs to no window after it
+        self._late_updates = 0
+        if first and self._rates:
+            # Little's law: what the recent rate needs in flight at the target latency, for the limit
+            # no baseline ever checked (later probes leave the gradient's limit as it was). Only ever
             # lower: a limit that served fine stays; one that a burst found unmeasured is fitted.
             fit = max(self._rates) * (self.min_latency * (1 + self._policy.latency_tolerance) + self._policy.latency_allowance)
             self._limit = min(self._limit, max(float(self._policy.min_limit), fit + math.sqrt(fit)))
