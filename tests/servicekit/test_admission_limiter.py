@@ -350,7 +350,7 @@ def test_probes_recur_at_the_interval_with_jitter():
     clock.advance(60 * 0.85 - 0.01)
     gradient.tick(clock.monotonic())
     assert not gradient.probing
-    clock.advance(60 * 0.3)
+    clock.advance(60 * 0.31)  # past the latest jitter (1.15) with a margin: the probe ended 0.01 s in
     gradient.tick(clock.monotonic())
     assert gradient.probing
 
