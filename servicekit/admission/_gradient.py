@@ -12,7 +12,12 @@ compared with it:
 so the limit shrinks while queueing shows and grows while it does not. The square-root
 headroom keeps enough in flight to notice when more would be fine.
 
-Until the first probe, one second after start, the limit stays at `initial_limit`. Two
+The limit starts at `initial_limit`, and no probe runs in the first second. Until the first probe
+a loop 20 ms late or more never grows it: without a baseline, growth would be blind. The first
+probe ends by fitting the limit to what was being served (Little's law): the highest completion
+rate of the updates before it, times the target latency, plus the square-root headroom, if that
+is lower than the limit was. A burst's first probe would otherwise hand the burst the unmeasured
+initial limit again, to be halved update by update while the loop is swamped. Two more
 additions. The limit does not grow while fewer than half of it were in use (Netflix's
 "app-limited" rule): an idle service would otherwise drift to `max_limit` and admit a whole
 burst at once. And a limit stuck at `min_limit` for a second means latency rose for a reason
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 
 from ._policy import AdmissionPolicy
@@ -36,6 +42,11 @@ _SWAMPED_LAG = 0.1
 # ...in this many updates in a row: one late window is a hiccup (a GC pause, a neighbour's burst on
 # a small machine), and holding the limit at what happened to run then refused requests at low load.
 _SWAMPED_UPDATES = 2
+# With no baseline yet, a loop this late reads requests too slowly for growth to mean anything: the
+# limit is held. A busy one (200 model chats at the CPU's capacity runs ~5 ms late) still grows, as
+# the limit must to serve them.
+_BLIND_LAG = 0.02
+_RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates the first probe fits the limit to
 
 
 class GradientLimit:
@@ -55,8 +66,10 @@ class GradientLimit:
         self._limit = float(policy.initial_limit)
         self.min_latency: float | None = None
         self._window: list[float] = []
+        self._window_started = now
         self._busiest = 0
         self._next_update = now + policy.update_interval
+        self._rates: deque[float] = deque(maxlen=_RATE_WINDOWS)  # completions per second, per update
         self._stuck = 0
         self.probing = False
         self._probe_started = now
@@ -94,7 +107,10 @@ class GradientLimit:
 
     def _update(self, now: float) -> None:
         window, busiest = self._window, self._busiest
-        self._window, self._busiest = [], 0
+        if len(window) >= 3 and now - self._window_started <= 2 * self._policy.update_interval:
+            # Fewer says little about a rate, and a window stretched over idle time understates it.
+            self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
+        self._window, self._busiest, self._window_started = [], 0, now
         self._next_update = now + self._policy.update_interval
         saturated = busiest >= int(self._limit)
         lag = self._loop_lag()
@@ -105,6 +121,13 @@ class GradientLimit:
             # admit all it reads and refuse nothing. Hold the limit at what is in flight, so the
             # door refuses the excess and the next update finds it reached and congested.
             self._limit = max(float(self._policy.min_limit), float(busiest))
+            return
+        if self.min_latency is None and lag >= _BLIND_LAG:
+            # Late before any baseline: growing would be blind. A 3x burst that the loop read too
+            # slowly ever to reach the initial limit grew it from 100 to 336 in 3.5 s, 150 in flight
+            # and the loop 30-250 ms late (docs/overload.md). Held, the limit is soon reached, and
+            # the congested tick probes. Only held: one late reading (a GC, a neighbour) must not
+            # pin a service that waits seconds on its model to the probe's floor.
             return
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took
@@ -130,9 +153,19 @@ class GradientLimit:
 
     def _end_probe(self, now: float) -> None:
         self._probe.sort()
+        first = self.min_latency is None
         self.min_latency = self._probe[len(self._probe) // 2]
         self.probing, self._probe = False, []
-        self._window, self._busiest = [], 0
+        self._loop_lag()  # the probe's lateness belongs to no window after it
+        self._late_updates = 0
+        if first and self._rates:
+            # Little's law: what the recent rate needs in flight at the target latency, for the limit
+            # no baseline ever checked (later probes leave the gradient's limit as it was). Only ever
+            # lower: a limit that served fine stays; one that a burst found unmeasured is fitted.
+            fit = max(self._rates) * (self.min_latency * (1 + self._policy.latency_tolerance) + self._policy.latency_allowance)
+            self._limit = min(self._limit, max(float(self._policy.min_limit), fit + math.sqrt(fit)))
+            self._rates.clear()
+        self._window, self._busiest, self._window_started = [], 0, now
         self._next_update = now + self._policy.update_interval
         jitter = 1 + self._policy.probe_jitter * (2 * self._rng.random() - 1)
         self._next_probe = now + self._policy.probe_interval * jitter

@@ -170,7 +170,7 @@ async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot
     assert lim.in_flight == 0
 
 
-def test_the_first_congestion_probes_the_latency_without_load():
+def test_the_first_congestion_probes_the_latency_without_load_and_fits_the_limit():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
     congest(lim, clock)
@@ -184,7 +184,85 @@ def test_the_first_congestion_probes_the_latency_without_load():
     for _ in range(5):
         run_batch(lim, clock, 1, 0.002)
     assert lim.min_latency == pytest.approx(0.002)
-    assert lim.limit == 20
+    # 20 in flight took 25x the no-load latency; the ~130 a second served need one at 3 ms: the floor
+    assert lim.limit == 3
+
+
+def burst_then_probe(initial_limit: int, no_load_latency: float) -> GradientLimit:
+    """A second of a burst that keeps `initial_limit` in flight and finishes 2,000 a second, then a probe."""
+    clock = FakeClock()
+    gradient = GradientLimit(AdmissionPolicy(initial_limit=initial_limit, probe_samples=1), clock.monotonic())
+    for _ in range(11):  # an update every 0.1 s, each over 200 completions
+        for _ in range(200):
+            gradient.observe(0.05, initial_limit, uncrowded=False, now=clock.monotonic())
+        clock.advance(0.1)
+    gradient.tick(clock.monotonic())  # limit reached, loop late (no lag source: always late): congested
+    assert gradient.probing
+    clock.advance(no_load_latency)
+    gradient.observe(no_load_latency, 1, uncrowded=True, now=clock.monotonic())
+    assert not gradient.probing and gradient.min_latency == pytest.approx(no_load_latency)
+    return gradient
+
+
+def test_a_probe_fits_an_unmeasured_limit_to_the_rate_served_at_the_target_latency():
+    # Little's law: 2,000 a second at 15 ms (10 ms no-load, 50% tolerance) is 30 in flight, plus
+    # sqrt(30) headroom. Resuming at 100 would hand a swamped loop 100 again, halved per update.
+    assert burst_then_probe(100, 0.01).limit == 35
+
+
+def test_a_late_loop_holds_an_unmeasured_limit_until_it_is_reached_then_probes():
+    # A burst the loop reads too slowly to reach the initial limit: 60 of 100 in flight, the
+    # loop 30 ms late. Growing (the limit is half used, not reached) admitted ever more.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5)
+    congest(lim, clock)
+    clock.late_by = 0.03
+    clock.advance(0.1)  # the lag monitor's timers now fire 30 ms late
+    for _ in range(15):  # past the first second too
+        run_batch(lim, clock, 60, 0.05)
+        clock.advance(0.1)
+    assert lim.limit == 100 and not lim._gradient.probing, "held, not grown"
+    run_batch(lim, clock, 100, 0.05)  # reached and late: congested
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # the next admission ticks the probe in
+    assert lim._gradient.probing and lim.limit == 3
+    for _ in range(5):
+        run_batch(lim, clock, 1, 0.005)
+    assert lim.min_latency == pytest.approx(0.005)
+    assert lim.limit < 100, "fitted to what was served"
+
+
+def test_one_late_reading_does_not_pin_a_service_waiting_on_a_slow_model():
+    # 60 chats waiting 3 s each on the model, the loop on time but for one 25 ms hiccup (a GC, a
+    # neighbour) in the first window: no probe (it would hold the limit at 3 for two model latencies).
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5)
+    lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # starts the lag monitor
+    clock.advance(1.2)
+    clock.late_by = 0.025
+    run_batch(lim, clock, 60, 3.0)
+    clock.late_by = 0.0
+    for _ in range(5):
+        run_batch(lim, clock, 60, 3.0)
+        assert not lim._gradient.probing
+    assert lim.limit >= 100
+
+
+def test_a_late_loop_with_a_baseline_still_grows_a_limit_in_use_below_it():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=20, min_limit=3, probe_samples=5)
+    probe(lim, clock, 0.002)
+    congest(lim, clock)
+    clock.late_by = 0.03
+    clock.advance(0.1)  # the lag monitor's timers now fire 30 ms late
+    before = lim.limit
+    for _ in range(5):  # 15 of 20 in flight, the loop late: a baseline exists, so no probe
+        run_batch(lim, clock, 15, 0.002)
+        clock.advance(0.1)
+    assert not lim._gradient.probing and lim.limit > before
+
+
+def test_a_probe_never_raises_a_limit_by_its_fit():
+    assert burst_then_probe(10, 0.01).limit == 10
 
 
 def test_queueing_lowers_the_limit_and_its_absence_raises_it():
@@ -272,7 +350,7 @@ def test_probes_recur_at_the_interval_with_jitter():
     clock.advance(60 * 0.85 - 0.01)
     gradient.tick(clock.monotonic())
     assert not gradient.probing
-    clock.advance(60 * 0.3)
+    clock.advance(60 * 0.31)  # past the latest jitter (1.15) with a margin: the probe ended 0.01 s in
     gradient.tick(clock.monotonic())
     assert gradient.probing
 
