@@ -107,8 +107,9 @@ class GradientLimit:
 
     def _update(self, now: float) -> None:
         window, busiest = self._window, self._busiest
-        if len(window) >= 3 and now - self._window_started <= 2 * self._policy.update_interval:
-            # Fewer says little about a rate, and a window stretched over idle time understates it.
+        if self.min_latency is None and len(window) >= 3 and now - self._window_started <= 2 * self._policy.update_interval:
+            # For the first probe's fit. Fewer says little about a rate, and a window stretched over
+            # idle time understates it.
             self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
         self._window, self._busiest, self._window_started = [], 0, now
         self._next_update = now + self._policy.update_interval
@@ -153,12 +154,11 @@ class GradientLimit:
 
     def _end_probe(self, now: float) -> None:
         self._probe.sort()
-        first = self.min_latency is None
         self.min_latency = self._probe[len(self._probe) // 2]
         self.probing, self._probe = False, []
         self._loop_lag()  # the probe's lateness belongs to no window after it
         self._late_updates = 0
-        if first and self._rates:
+        if self._rates:  # gathered only until the first probe
             # Little's law: what the recent rate needs in flight at the target latency, for the limit
             # no baseline ever checked (later probes leave the gradient's limit as it was). Only ever
             # lower: a limit that served fine stays; one that a burst found unmeasured is fitted.
