@@ -80,8 +80,10 @@ def test_faults_cost_at_most_the_deadline(report):
     phases = report["phases"]
     healthy_p99 = phases["baseline"]["p99_ms"] / 1000
     margin = 1.0  # generous: these machines are noisy
+    # Enough requests to judge a p99: 6 workers for a 3 s phase, each request bounded by the 0.5 s
+    # deadline, make at least 36 even if every one waits it out (47 on a slow machine, not 50).
     for fault in ("analytics_killed", "analytics_frozen"):
-        assert phases[fault]["requests"] > 50
+        assert phases[fault]["requests"] >= 30
         assert phases[fault]["p99_ms"] / 1000 <= READ_DEADLINE + healthy_p99 + margin, phases[fault]
 
 

@@ -20,7 +20,7 @@ from tests.chat.conftest import chat_settings
 from tests.fakes.identity import AUDIENCE, ISSUER, SECRET, bearer, claims, hs256, rsa_key, signed
 
 AUTH = {"auth_jwt_secret": SECRET, "auth_issuer": ISSUER, "auth_audience": AUDIENCE}
-ALICE = bearer(hs256(claims("alice")))
+ALICE = bearer(hs256(claims("alice", ttl=24 * 3600)))  # minted at import: it must outlive a slow suite
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -60,25 +60,38 @@ def post_chat(url: str, headers: dict[str, str] | None = None, user: str = "alic
     return httpx.post(url + "/chat/", json={"user_id": user, "text": "Hello"}, headers=headers, timeout=10)
 
 
-CASES = {
-    "no token": (None, 401, "Bearer token required", "Bearer"),
-    "basic auth": ({"Authorization": "Basic YWxpY2U6cHc="}, 401, "Bearer token required", "Bearer"),
-    "garbage": (bearer("garbage"), 401, "Malformed token", INVALID),
-    "expired": (bearer(hs256(claims(ttl=-3600))), 401, "Token expired", INVALID),
-    "wrong key": (bearer(hs256(claims(), secret=WRONG_SECRET)), 401, "Token signature does not verify", INVALID),
-    "alg none": (bearer(unsigned(claims())), 401, "Token algorithm not allowed", INVALID),
-    "RS256 in HS256 mode": (bearer(signed(claims(), rsa_key("a"), "k", "RS256")), 401, "Token algorithm not allowed", INVALID),
-    "wrong audience": (bearer(hs256(claims(aud="another-app"))), 401, "Token audience not accepted", INVALID),
-    "wrong issuer": (bearer(hs256(claims(iss="https://evil.test"))), 401, "Token issuer not accepted", INVALID),
-    "missing sub": (bearer(hs256(claims(sub=None))), 401, "Token has no 'sub' claim", INVALID),
-    "sub not a user id": (bearer(hs256(claims(sub="alice/../bob"))), 401, "Token subject is not a valid user id", INVALID),
-    "another user's token": (bearer(hs256(claims("bob"))), 403, "Token subject is not this user", None),
+# Headers are built when a case runs, not at collection: a token minted then (300 s to live) had
+# expired by the time a slow machine reached these tests, and every case answered "Token expired".
+CASES: dict[str, tuple[Callable[[], dict[str, str] | None], int, str, str | None]] = {
+    "no token": (lambda: None, 401, "Bearer token required", "Bearer"),
+    "basic auth": (lambda: {"Authorization": "Basic YWxpY2U6cHc="}, 401, "Bearer token required", "Bearer"),
+    "garbage": (lambda: bearer("garbage"), 401, "Malformed token", INVALID),
+    "expired": (lambda: bearer(hs256(claims(ttl=-3600))), 401, "Token expired", INVALID),
+    "wrong key": (lambda: bearer(hs256(claims(), secret=WRONG_SECRET)), 401, "Token signature does not verify", INVALID),
+    "alg none": (lambda: bearer(unsigned(claims())), 401, "Token algorithm not allowed", INVALID),
+    "RS256 in HS256 mode": (
+        lambda: bearer(signed(claims(), rsa_key("a"), "k", "RS256")),
+        401,
+        "Token algorithm not allowed",
+        INVALID,
+    ),
+    "wrong audience": (lambda: bearer(hs256(claims(aud="another-app"))), 401, "Token audience not accepted", INVALID),
+    "wrong issuer": (lambda: bearer(hs256(claims(iss="https://evil.test"))), 401, "Token issuer not accepted", INVALID),
+    "missing sub": (lambda: bearer(hs256(claims(sub=None))), 401, "Token has no 'sub' claim", INVALID),
+    "sub not a user id": (
+        lambda: bearer(hs256(claims(sub="alice/../bob"))),
+        401,
+        "Token subject is not a valid user id",
+        INVALID,
+    ),
+    "another user's token": (lambda: bearer(hs256(claims("bob"))), 403, "Token subject is not this user", None),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_refusal_is_answered_as_stated(chat_url, case):
-    headers, status, detail, challenge = CASES[case]
+    make_headers, status, detail, challenge = CASES[case]
+    headers = make_headers()
     response = post_chat(chat_url, headers)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
