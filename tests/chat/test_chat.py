@@ -76,8 +76,10 @@ async def test_concurrent_users_each_get_their_own_count(chat_with):
         user = request.url.path.rsplit("/", 1)[1]
         return httpx.Response(200, json={"message_count": counts[user]})
 
-    # 100 at once on a cold start: admission would rightly queue and shed some; this is about isolation.
-    async with chat_with(httpx.MockTransport(analytics), admission={"enabled": False}) as chat:
+    # 100 at once on a cold start: admission would rightly queue and shed some, and on a slow machine
+    # some reads would pass the 0.5 s deadline and fall back to zero; this test is about isolation.
+    generous = {"deadline": 10.0, "read_timeout": 10.0, "pool_timeout": 10.0}
+    async with chat_with(httpx.MockTransport(analytics), admission={"enabled": False}, analytics_read=generous) as chat:
         users = [f"user{i % 10}" for i in range(100)]
         replies = await asyncio.gather(*(chat.post("/chat/", json={"user_id": u, "text": "hi"}) for u in users))
     for user, reply in zip(users, replies, strict=True):
