@@ -80,7 +80,10 @@ class PostgresStore:
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
             self.url,
-            min_size=1,
+            # No connection floor: asyncpg restores a floor from a background task that, during an
+            # outage, reconnects on its own schedule (and logs a traceback each time), while the
+            # guard is refusing requests precisely so that nothing waits on the database.
+            min_size=0,
             max_size=self.pool_size,
             timeout=self.timeout,  # to connect
             command_timeout=self.statement_timeout,

@@ -21,12 +21,13 @@ pytestmark = pytest.mark.integration
 
 def test_a_30_percent_flaky_analytics_leaves_the_rate_breaker_closed_and_opens_the_consecutive_one(tmp_path):
     # 30% of analytics' answers are cut by a TCP reset; chat is driven at a steady 100 chats/s.
-    # Three failures in a row (not the default five) make the consecutive breaker's trouble
-    # certain within a 3 s run; `python -m load_tests.bench_breaker` measures the defaults.
+    # Two failures in a row (not the default five) make the consecutive breaker's trouble certain
+    # within a 3 s run: with three it opened in most runs but not in one CI run on a slow machine.
+    # `python -m load_tests.bench_breaker` measures the defaults.
     results = {}
     for scenario in BREAKER_MODES:
         if scenario.name == "consecutive":
-            scenario = type(scenario)(scenario.name, {**scenario.chat_env, "CHAT_ANALYTICS_READ__BREAKER_FAILURES": "3"})
+            scenario = type(scenario)(scenario.name, {**scenario.chat_env, "CHAT_ANALYTICS_READ__BREAKER_FAILURES": "2"})
         results[scenario.name] = run_scenario(
             tmp_path / scenario.name.split()[0], scenario, fault=("cut", 0.3), rate=100, seconds=3
         )
