@@ -189,7 +189,31 @@ def run_round(
         "counted_without_200": counted - received,
         "rss_mib": [round(rss_before / 1024, 1), round(rss_after / 1024, 1)],
         "rss_ratio": round(rss_after / rss_before, 3),
+        **({"timeline": _timeline(requests)} if args.timeline else {}),
     }
+
+
+def _timeline(requests: list[list[float]], step: float = 0.5) -> list[dict[str, float]]:
+    """Per `step` of the burst, by when requests were sent: 200s and 503s a second, and their p50s."""
+    if not requests:
+        return []
+    start = min(sent for sent, _, _ in requests)
+    buckets: dict[int, list[list[float]]] = {}
+    for request in requests:
+        buckets.setdefault(int((request[0] - start) / step), []).append(request)
+    rows = []
+    for index in sorted(buckets):
+        ok = [latency for _, latency, status in buckets[index] if status == 200]
+        refused = [latency for _, latency, status in buckets[index] if status == 503]
+        rows.append({
+            "t": index * step,
+            "ok_per_s": round(len(ok) / step),
+            "ok_p50_ms": _ms(ok, 0.5),
+            "refused_per_s": round(len(refused) / step),
+            "refused_p50_ms": _ms(refused, 0.5),
+            "other": len(buckets[index]) - len(ok) - len(refused),
+        })  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -211,6 +235,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", help="chat setting for every round")
     parser.add_argument("--trace", action="store_true", help="print the admission and outbox gauges twice a second")
+    parser.add_argument("--timeline", action="store_true", help="add the 200s and 503s by the half-second they were sent in")
     parser.add_argument(
         "--stall",
         type=float,
