@@ -193,7 +193,7 @@ def run_round(
     }
 
 
-def _timeline(requests: list[list[float]], step: float = 0.5) -> list[dict[str, float]]:
+def _timeline(requests: list[list[float]], step: float = 0.5) -> list[dict[str, float | None]]:
     """Per `step` of the burst, by when requests were sent: 200s and 503s a second, and their p50s."""
     if not requests:
         return []
