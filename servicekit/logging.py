@@ -42,6 +42,28 @@ def add_trace_ids(_: object, __: str, event: structlog.typing.EventDict) -> stru
     return event
 
 
+class _LineLogger:
+    """structlog's `PrintLogger`, but each line and its newline leave in one write().
+
+    Workers share one stdout. With PYTHONUNBUFFERED (our images set it) `print()` writes a line
+    and its newline apart, and another worker's line can land between them: two JSON lines run
+    together (seen in a CI run). Like `PrintLogger`, it writes to whatever `sys.stdout` is now,
+    so a stream swapped after configuration (pytest's capture) is followed, never a closed one.
+    """
+
+    def msg(self, message: str) -> None:
+        stdout = sys.stdout
+        stdout.write(message + "\n")
+        stdout.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def _line_logger(*_: object) -> _LineLogger:
+    return _LineLogger()
+
+
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """A structlog logger whose lines carry `component=name`."""
     # Lazy: a logger made at import time must still follow configure_logging() later.
@@ -75,7 +97,7 @@ def configure_logging(*, level: str = "INFO", fmt: LogFormat = "auto", trace_ids
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=_line_logger,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
