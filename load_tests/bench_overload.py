@@ -211,7 +211,7 @@ def _timeline(requests: list[list[float]], step: float = 0.5) -> list[dict[str, 
             "ok_p50_ms": _ms(ok, 0.5),
             "refused_per_s": round(len(refused) / step),
             "refused_p50_ms": _ms(refused, 0.5),
-            "other": len(buckets[index]) - len(ok) - len(refused),
+            "other_count": len(buckets[index]) - len(ok) - len(refused),  # timeouts, errors, not sent
         })  # fmt: skip
     return rows
 

@@ -49,10 +49,14 @@ class _LineLogger:
     and its newline apart, and another worker's line can land between them: two JSON lines run
     together (seen in a CI run). Like `PrintLogger`, it writes to whatever `sys.stdout` is now,
     so a stream swapped after configuration (pytest's capture) is followed, never a closed one.
+    One write is whole on a regular file opened for appending; on a pipe only up to PIPE_BUF
+    (4 KiB), so a line with a long traceback can still be cut there (as with any logger).
     """
 
     def msg(self, message: str) -> None:
         stdout = sys.stdout
+        if stdout is None:  # no stdout at all (pythonw): nothing to write to, as print() does
+            return
         stdout.write(message + "\n")
         stdout.flush()
 

@@ -82,7 +82,9 @@ class PostgresStore:
             self.url,
             # No connection floor: asyncpg restores a floor from a background task that, during an
             # outage, reconnects on its own schedule (and logs a traceback each time), while the
-            # guard is refusing requests precisely so that nothing waits on the database.
+            # guard is refusing requests precisely so that nothing waits on the database. Without a
+            # floor, an idle pool closes its last connection after 300 s (asyncpg's default
+            # inactive lifetime); readiness probes keep one warm, else one connect is paid again.
             min_size=0,
             max_size=self.pool_size,
             timeout=self.timeout,  # to connect

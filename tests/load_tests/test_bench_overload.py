@@ -18,6 +18,6 @@ def test_the_timeline_buckets_by_send_time_and_counts_what_is_neither_200_nor_50
     assert [row["t"] for row in rows] == [0.0, 0.5, 1.5], "empty half-seconds are left out"
     first, second, last = rows
     assert (first["ok_per_s"], first["ok_p50_ms"], first["refused_per_s"], first["refused_p50_ms"]) == (4, 900.0, 2, 3.0)
-    assert (second["ok_per_s"], second["refused_per_s"], second["refused_p50_ms"], second["other"]) == (2, 0, None, 1)
+    assert (second["ok_per_s"], second["refused_per_s"], second["refused_p50_ms"], second["other_count"]) == (2, 0, None, 1)
     assert (last["ok_per_s"], last["ok_p50_ms"], last["refused_per_s"]) == (0, None, 2)
     assert _timeline([]) == []

@@ -27,6 +27,9 @@ class _Writes(io.StringIO):
 def test_every_line_is_one_write_ending_in_a_newline(monkeypatch):
     stdout = _Writes()
     monkeypatch.setattr(sys, "stdout", stdout)
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         configure_logging(fmt="json")
         get_logger("test").info("structlog_line", user_id="alice")
@@ -36,8 +39,8 @@ def test_every_line_is_one_write_ending_in_a_newline(monkeypatch):
         except ValueError:
             get_logger("test").exception("with_a_traceback")
     finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers[:] = []
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
     lines = [write for write in stdout.writes if write]
     assert len(lines) == 3, stdout.writes
     for line in lines:
