@@ -195,9 +195,7 @@ def run_round(
 
 def _timeline(requests: list[list[float]], step: float = 0.5) -> list[dict[str, float | None]]:
     """Per `step` of the burst, by when requests were sent: 200s and 503s a second, and their p50s."""
-    if not requests:
-        return []
-    start = min(sent for sent, _, _ in requests)
+    start = min((sent for sent, _, _ in requests), default=0.0)
     buckets: dict[int, list[list[float]]] = {}
     for request in requests:
         buckets.setdefault(int((request[0] - start) / step), []).append(request)
