@@ -70,7 +70,7 @@ class AdmissionSettings(BaseModel):
     enabled: bool = True
     min_limit: int = Field(3, ge=1, description="Floor of the adaptive limit, and the concurrency of a probe")
     max_limit: int = Field(500, ge=1, description="Ceiling of the adaptive limit")
-    initial_limit: int = Field(100, ge=1, description="The limit to start from, before any latency without load was measured")
+    initial_limit: int = Field(32, ge=1, description="The limit to start from, before any latency without load was measured")
     latency_tolerance: float = Field(0.5, ge=0, description="Latency above the no-load latency that is not queueing")
     latency_allowance: float = Field(0.0, ge=0, description="Seconds of queueing here accepted on top of the tolerance")
     congested_lag: float = Field(0.002, ge=0, description="Event-loop lateness, seconds, from which latency counts as queueing")

@@ -113,6 +113,7 @@ class ShedGate:
 
     def _answer(self, route: _Route, started: float, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         self._on_event("queue_full")
+        self._limiter.refused_at_door()
         route.count(time.perf_counter() - started)
         return self._head + request_id(headers).encode() + b"\r\n", self._body
 

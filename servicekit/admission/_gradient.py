@@ -12,17 +12,23 @@ compared with it:
 so the limit shrinks while queueing shows and grows while it does not. The square-root
 headroom keeps enough in flight to notice when more would be fine.
 
-The limit starts at `initial_limit`, and no probe runs in the first second. Until the first probe
-a loop 20 ms late or more never grows it: without a baseline, growth would be blind. The first
-probe ends by fitting the limit to what was being served (Little's law): the highest completion
-rate of the updates before it, times the target latency, plus the square-root headroom, if that
-is lower than the limit was. A burst's first probe would otherwise hand the burst the unmeasured
-initial limit again, to be halved update by update while the loop is swamped. Two more
-additions. The limit does not grow while fewer than half of it were in use (Netflix's
-"app-limited" rule): an idle service would otherwise drift to `max_limit` and admit a whole
-burst at once. And a limit stuck at `min_limit` for a second means latency rose for a reason
-no concurrency cap can fix (a slower model or dependency), so the no-load latency is probed
-again instead of shedding against a stale baseline until the next scheduled probe.
+The limit starts at `initial_limit` (32), and no probe runs in the first second. Until the first
+probe there is no baseline to compare latency with, so the limit grows only while the loop runs
+on time with at least half of it in use (a service waiting on a slow model, its CPU idle), and a
+loop that runs late holds it. A limit that holds requests back is updated every
+`update_interval` on the clock, not only when a request finishes, so a model that answers in
+seconds does not keep the limit where it started for a whole model latency. Throughout, the
+limit *binds* only when a request found no free slot: 32 clients filling a limit of 32 are all
+served, and cutting it would refuse some of them. The first probe ends by fitting the limit to
+what was being served (Little's law): the highest completion rate of the updates before it,
+times the target latency, plus the square-root headroom, if that is lower than the limit was. A
+burst's first probe would otherwise hand the burst the unmeasured initial limit again, to be
+halved update by update while the loop is swamped. Two more additions. The limit does not grow
+while fewer than half of it were in use (Netflix's "app-limited" rule): an idle service would
+otherwise drift to `max_limit` and admit a whole burst at once. And a limit stuck at `min_limit`
+for a second means latency rose for a reason no concurrency cap can fix (a slower model or
+dependency), so the no-load latency is probed again instead of shedding against a stale baseline
+until the next scheduled probe.
 """
 
 from __future__ import annotations
@@ -42,10 +48,7 @@ _SWAMPED_LAG = 0.1
 # ...in this many updates in a row: one late window is a hiccup (a GC pause, a neighbour's burst on
 # a small machine), and holding the limit at what happened to run then refused requests at low load.
 _SWAMPED_UPDATES = 2
-# With no baseline yet, a loop this late reads requests too slowly for growth to mean anything: the
-# limit is held. A busy one (200 model chats at the CPU's capacity runs ~5 ms late) still grows, as
-# the limit must to serve them.
-_BLIND_LAG = 0.02
+_CONGESTION_EXPIRES = 2.0  # seconds without an update (none finished, none held back) after which congestion is old news
 _RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates the first probe fits the limit to
 
 
@@ -68,6 +71,7 @@ class GradientLimit:
         self._window: list[float] = []
         self._window_started = now
         self._busiest = 0
+        self._held_back = False  # a request found no free slot this window: the limit, not demand, bounds it
         self._next_update = now + policy.update_interval
         self._rates: deque[float] = deque(maxlen=_RATE_WINDOWS)  # completions per second, per update
         self._stuck = 0
@@ -100,20 +104,56 @@ class GradientLimit:
         if now >= self._next_update:
             self._update(now)
 
-    def tick(self, now: float) -> None:
-        """Start a due probe (called as requests are admitted); only while the limit binds and the loop is late."""
-        if not self.probing and self._congested and now >= self._next_probe:
+    def admitted(self, in_flight: int) -> None:
+        """A request was admitted, `in_flight` with it: whether the window used the whole limit."""
+        self._busiest = max(self._busiest, in_flight)
+
+    def held_back(self) -> None:
+        """A request found no free slot (it queues, or is refused)."""
+        self._held_back = True
+
+    def tick(self, now: float, in_flight: int) -> None:
+        """Keep time (called as requests ask for a slot, or are refused at the door).
+
+        Before any baseline, run a due update of a window whose limit binds: a slow model finishes
+        nothing for seconds, so completions alone would not. Start a due probe (only while the
+        limit binds and the loop is late). A probe ends only with a sample, however long a slow
+        model takes: giving it up at a deadline left a model slower than that never measured, and
+        the limit pinned at the floor or capped where the loop first ran late (a review's simulation).
+        """
+        self._busiest = max(self._busiest, in_flight)  # held through a window that admitted nothing
+        if self.probing:
+            return
+        since_update = now - self._window_started
+        if since_update > _CONGESTION_EXPIRES:
+            # An idle spell: the congestion the last update saw is not this demand's, and must not
+            # start a probe the moment a burst arrives.
+            self._congested = False
+        if self.min_latency is None and self._binding() and now >= self._next_update:
+            if since_update > 2 * self._policy.update_interval:
+                # Likewise its loop lateness: measure afresh rather than grow on it (a flood after
+                # idle grew 32 -> 37).
+                self._loop_lag()
+                self._new_window(now)
+                self._busiest = in_flight
+            else:
+                self._update(now)
+        if self._congested and now >= self._next_probe:
             self._start_probe(now)
 
+    def _binding(self) -> bool:
+        # All of the limit in use is not enough: 32 clients at a limit of 32 are all served, and
+        # cutting it would refuse some of them. Only a request that found no slot shows the limit
+        # holding back demand.
+        return self._held_back and self._busiest >= int(self._limit)
+
     def _update(self, now: float) -> None:
-        window, busiest = self._window, self._busiest
+        window, busiest, saturated = self._window, self._busiest, self._binding()
         if self.min_latency is None and len(window) >= 3 and now - self._window_started <= 2 * self._policy.update_interval:
             # For the first probe's fit. Fewer says little about a rate, and a window stretched over
             # idle time understates it.
             self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
-        self._window, self._busiest, self._window_started = [], 0, now
-        self._next_update = now + self._policy.update_interval
-        saturated = busiest >= int(self._limit)
+        self._new_window(now)
         lag = self._loop_lag()
         self._congested = saturated and lag >= self._policy.congested_lag
         self._late_updates = self._late_updates + 1 if lag >= _SWAMPED_LAG else 0
@@ -123,19 +163,23 @@ class GradientLimit:
             # door refuses the excess and the next update finds it reached and congested.
             self._limit = max(float(self._policy.min_limit), float(busiest))
             return
-        if self.min_latency is None and lag >= _BLIND_LAG:
-            # Late before any baseline: growing would be blind. A 3x burst that the loop read too
-            # slowly ever to reach the initial limit grew it from 100 to 336 in 3.5 s, 150 in flight
-            # and the loop 30-250 ms late (docs/overload.md). Held, the limit is soon reached, and
-            # the congested tick probes. Only held: one late reading (a GC, a neighbour) must not
-            # pin a service that waits seconds on its model to the probe's floor.
+        if self.min_latency is None:
+            # No baseline: latency says nothing yet, the loop's lateness does. On time with the
+            # limit in use (200 chats on a slow model, the CPU idle), more would be served: grow.
+            # Late, hold: grown on a loop 2-20 ms late, a 3x burst's first half-second took
+            # 170-440 ms to refuse, and one let in 100 at once 0.7-2.1 s (docs/overload.md).
+            # Held, a binding limit on a late loop is congested and the tick probes. Only held:
+            # one late reading (a GC, a neighbour) must not pin a service that waits seconds on
+            # its model to the probe's floor.
+            if lag < self._policy.congested_lag and busiest >= self._limit / 2:
+                self._limit = min(float(self._policy.max_limit), self._limit + math.sqrt(self._limit))
             return
         if not self._congested:
             # Not queueing here, or the limit is not what holds requests back (a neighbour took
-            # the CPU, a cold start): cutting would only refuse requests that are not the cause.
+            # the CPU): cutting would only refuse requests that are not the cause.
             gradient = 1.0
-        elif len(window) < 3 or self.min_latency is None:
-            return  # too few samples to say anything, or no baseline yet (the next tick probes)
+        elif len(window) < 3:
+            return  # too few samples to say anything
         else:
             window.sort()
             median = window[len(window) // 2]
@@ -148,6 +192,10 @@ class GradientLimit:
         self._stuck = self._stuck + 1 if int(self._limit) <= self._policy.min_limit else 0
         if self._stuck >= _STUCK_UPDATES:
             self._start_probe(now)
+
+    def _new_window(self, now: float) -> None:
+        self._window, self._busiest, self._held_back, self._window_started = [], 0, False, now
+        self._next_update = now + self._policy.update_interval
 
     def _start_probe(self, now: float) -> None:
         self.probing, self._probe_started, self._probe, self._stuck = True, now, [], 0
@@ -165,7 +213,6 @@ class GradientLimit:
             fit = max(self._rates) * (self.min_latency * (1 + self._policy.latency_tolerance) + self._policy.latency_allowance)
             self._limit = min(self._limit, max(float(self._policy.min_limit), fit + math.sqrt(fit)))
             self._rates.clear()
-        self._window, self._busiest, self._window_started = [], 0, now
-        self._next_update = now + self._policy.update_interval
+        self._new_window(now)
         jitter = 1 + self._policy.probe_jitter * (2 * self._rng.random() - 1)
         self._next_probe = now + self._policy.probe_interval * jitter

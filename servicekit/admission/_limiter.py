@@ -97,10 +97,12 @@ class Limiter:
         """A permit if a slot is free now and nobody is queued ahead, else None."""
         self.loop_lag.start()
         now = self._clock.monotonic()
-        self._gradient.tick(now)
+        self._tick(now)
         if self._waiters or self._in_flight >= self._gradient.limit:
+            self._gradient.held_back()
             return None
         self._in_flight += 1
+        self._gradient.admitted(self._in_flight)
         return Permit(self, now, self._in_flight <= self.policy.min_limit)
 
     def would_shed(self) -> bool:
@@ -110,6 +112,20 @@ class Limiter:
         lag timer: the server's protocol asks it before building a request (`ShedGate`).
         """
         return (bool(self._waiters) or self._in_flight >= self._gradient.limit) and not self._worth_queueing()
+
+    def refused_at_door(self) -> None:
+        """The server refused a request on `would_shed` without asking for a slot: demand the limit held back.
+
+        It also keeps the limit's time: once the door refuses everything, nothing else asks.
+        """
+        self._gradient.held_back()
+        self._tick(self._clock.monotonic())
+
+    def _tick(self, now: float) -> None:
+        limit = self._gradient.limit
+        self._gradient.tick(now, self._in_flight)
+        if self._waiters and self._gradient.limit > limit:
+            self._wake(now)  # the limit grew on the clock: the queue goes first
 
     async def acquire(self) -> Permit:
         """A permit, waiting in the queue if that is expected to be short; `Shed` otherwise."""

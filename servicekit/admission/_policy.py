@@ -19,7 +19,7 @@ class AdmissionPolicy:
 
     min_limit: int = 3
     max_limit: int = 500
-    initial_limit: int = 100
+    initial_limit: int = 32
     latency_tolerance: float = 0.5
     latency_allowance: float = 0.0
     congested_lag: float = 0.002

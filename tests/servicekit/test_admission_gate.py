@@ -289,3 +289,15 @@ async def test_a_client_that_does_not_keep_alive_gets_its_503_and_the_connection
     assert server.reached_app == [] and server.shed_counts() == (1, 1)
     assert held is not None
     held.release(completed=False)
+
+
+async def test_a_refusal_at_the_door_tells_the_limiter_its_limit_holds_back_demand(server):
+    # The door never asks for a slot: without being told, the limit would never count as binding
+    # once every request is refused there, and a limit without a baseline would never grow.
+    held = server.limiter.try_acquire()
+    assert held is not None and not server.limiter._gradient._held_back
+    async with connection(server.port) as (reader, writer):
+        writer.write(post({"n": 1}))
+        assert (await read_answer(reader)).status == 503
+    assert server.reached_app == [] and server.limiter._gradient._held_back
+    held.release(completed=False)
