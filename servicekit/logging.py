@@ -49,6 +49,8 @@ class _LineLogger:
     and its newline apart, and another worker's line can land between them: two JSON lines run
     together (seen in a CI run). Like `PrintLogger`, it writes to whatever `sys.stdout` is now,
     so a stream swapped after configuration (pytest's capture) is followed, never a closed one.
+    structlog's `WriteLogger` also writes once, but binds the stream when a logger is made: tried,
+    the lines of apps whose tests capture stdout went to a stream nobody read.
     One write is whole on a regular file opened for appending; on a pipe only up to PIPE_BUF
     (4 KiB), so a line with a long traceback can still be cut there (as with any logger).
     """

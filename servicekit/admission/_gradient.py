@@ -104,10 +104,6 @@ class GradientLimit:
         if now >= self._next_update:
             self._update(now)
 
-    def admitted(self, in_flight: int) -> None:
-        """A request was admitted, `in_flight` with it: whether the window used the whole limit."""
-        self._busiest = max(self._busiest, in_flight)
-
     def held_back(self) -> None:
         """A request found no free slot (it queues, or is refused)."""
         self._held_back = True
@@ -124,13 +120,12 @@ class GradientLimit:
         self._busiest = max(self._busiest, in_flight)  # held through a window that admitted nothing
         if self.probing:
             return
-        since_update = now - self._window_started
-        if since_update > _CONGESTION_EXPIRES:
+        if now - self._window_started > _CONGESTION_EXPIRES:
             # An idle spell: the congestion the last update saw is not this demand's, and must not
             # start a probe the moment a burst arrives.
             self._congested = False
         if self.min_latency is None and self._binding() and now >= self._next_update:
-            if since_update > 2 * self._policy.update_interval:
+            if self._spans_idle(now):
                 # Likewise its loop lateness: measure afresh rather than grow on it (a flood after
                 # idle grew 32 -> 37).
                 self._loop_lag()
@@ -149,7 +144,7 @@ class GradientLimit:
 
     def _update(self, now: float) -> None:
         window, busiest, saturated = self._window, self._busiest, self._binding()
-        if self.min_latency is None and len(window) >= 3 and now - self._window_started <= 2 * self._policy.update_interval:
+        if self.min_latency is None and len(window) >= 3 and not self._spans_idle(now):
             # For the first probe's fit. Fewer says little about a rate, and a window stretched over
             # idle time understates it.
             self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
@@ -192,6 +187,10 @@ class GradientLimit:
         self._stuck = self._stuck + 1 if int(self._limit) <= self._policy.min_limit else 0
         if self._stuck >= _STUCK_UPDATES:
             self._start_probe(now)
+
+    def _spans_idle(self, now: float) -> bool:
+        # A window over two intervals long had nothing to update it: an idle spell is in it.
+        return now - self._window_started > 2 * self._policy.update_interval
 
     def _new_window(self, now: float) -> None:
         self._window, self._busiest, self._held_back, self._window_started = [], 0, False, now

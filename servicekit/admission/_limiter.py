@@ -102,7 +102,6 @@ class Limiter:
             self._gradient.held_back()
             return None
         self._in_flight += 1
-        self._gradient.admitted(self._in_flight)
         return Permit(self, now, self._in_flight <= self.policy.min_limit)
 
     def would_shed(self) -> bool:
