@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -49,6 +50,10 @@ _SWAMPED_LAG = 0.1
 # a small machine), and holding the limit at what happened to run then refused requests at low load.
 _SWAMPED_UPDATES = 2
 _CONGESTION_EXPIRES = 2.0  # seconds without an update (none finished, none held back) after which congestion is old news
+# A latency the clock could not resolve (a request that finished within one tick: on a coarse
+# clock, or a fake one) counts as one tick: a median or a no-load latency of 0 divided by zero,
+# and the exception escaped a request's release with the queue not yet woken.
+_CLOCK_RESOLUTION = max(time.get_clock_info("monotonic").resolution, 1e-9)
 _RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates the first probe fits the limit to
 
 
@@ -92,14 +97,15 @@ class GradientLimit:
         `uncrowded`: it was admitted with at most `min_limit` in flight. Only such requests
         admitted during a probe (when nothing more is admitted) ran without load all along.
         """
+        measured = max(latency, _CLOCK_RESOLUTION)
         if self.probing:
             if uncrowded and now - latency >= self._probe_started:
-                self._probe.append(latency)
+                self._probe.append(measured)
             probe_over = now - self._probe_started >= self._policy.probe_max_seconds
             if len(self._probe) >= self._policy.probe_samples or (probe_over and self._probe):
                 self._end_probe(now)
             return
-        self._window.append(latency)
+        self._window.append(measured)
         self._busiest = max(self._busiest, in_flight)
         if now >= self._next_update:
             self._update(now)

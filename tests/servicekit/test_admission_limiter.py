@@ -718,3 +718,17 @@ def test_congestion_seen_before_an_idle_spell_does_not_probe_the_next_burst():
     running = [lim.try_acquire() for _ in range(32)]
     lim.refused_at_door()  # the burst's first refusal: a fresh window, not the old congestion
     assert not lim._gradient.probing and lim.limit == 32
+
+
+def test_requests_faster_than_the_clock_can_tell_do_not_break_the_limit():
+    # A coarse monotonic clock (15.6 ms on Windows) reads 0 for a fast request. A median or a
+    # no-load latency of 0 divided by zero inside the request's release, before the queue was woken.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5, max_limit=50)
+    probe(lim, clock, 0.0)
+    assert lim.min_latency is not None and lim.min_latency > 0
+    congest(lim, clock)
+    for _ in range(5):
+        run_batch(lim, clock, lim.limit, 0.0)
+        clock.advance(0.1)
+    assert 3 <= lim.limit <= 50 and lim.in_flight == 0
