@@ -110,6 +110,11 @@ class ChaosRun:
                 CHAT_ANALYTICS_READ__BREAKER_RESET=reset,
                 CHAT_ANALYTICS_RECORD__BREAKER_RESET=reset,
                 CHAT_SESSION_MAX_ITEMS="10000",  # every turn of the run stays, for the check
+                # The store is not a fault here, and a store call that times out costs its turn's
+                # history by design (docs/conversations.md). At 0.5 s, a 0.64 s PostgreSQL stall on
+                # a CPU-starved 2-core machine opened the store's breaker for 5 s in a CI run: every
+                # conversation lost those turns. A generous margin, as for any latency in chaos.
+                CHAT_SESSION_TIMEOUT="3",
                 **store,
             ),
         )

@@ -51,8 +51,9 @@ _SWAMPED_LAG = 0.1
 _SWAMPED_UPDATES = 2
 _CONGESTION_EXPIRES = 2.0  # seconds without an update (none finished, none held back) after which congestion is old news
 # A latency the clock could not resolve (a request that finished within one tick: on a coarse
-# clock, or a fake one) counts as one tick: a median or a no-load latency of 0 divided by zero,
-# and the exception escaped a request's release with the queue not yet woken.
+# clock, or a fake one) counts as one tick. A median of 0 was divided by, and the exception escaped
+# a request's release before the queue was woken; a no-load latency of 0 halved the limit at
+# every congested update.
 _CLOCK_RESOLUTION = max(time.get_clock_info("monotonic").resolution, 1e-9)
 _RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates the first probe fits the limit to
 

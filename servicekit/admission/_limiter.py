@@ -160,11 +160,15 @@ class Limiter:
     def _release(self, permit: Permit, completed: bool) -> None:
         now = self._clock.monotonic()
         self._in_flight -= 1
-        if completed:
-            latency = now - permit.started
-            self._latency = latency if self._latency == 0.0 else 0.9 * self._latency + 0.1 * latency
-            self._gradient.observe(latency, self._in_flight + 1, uncrowded=permit.uncrowded, now=now)
-        self._wake(now)
+        try:
+            if completed:
+                latency = now - permit.started
+                self._latency = latency if self._latency == 0.0 else 0.9 * self._latency + 0.1 * latency
+                self._gradient.observe(latency, self._in_flight + 1, uncrowded=permit.uncrowded, now=now)
+        finally:
+            # The freed slot goes to the next in line even if the limit's arithmetic fails: a
+            # division by a zero latency once raised here and left the queue to its deadlines.
+            self._wake(now)
 
     def _wake(self, now: float) -> None:
         while self._waiters and self._in_flight < self._gradient.limit:

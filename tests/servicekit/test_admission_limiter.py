@@ -721,8 +721,9 @@ def test_congestion_seen_before_an_idle_spell_does_not_probe_the_next_burst():
 
 
 def test_requests_faster_than_the_clock_can_tell_do_not_break_the_limit():
-    # A coarse monotonic clock (15.6 ms on Windows) reads 0 for a fast request. A median or a
-    # no-load latency of 0 divided by zero inside the request's release, before the queue was woken.
+    # A coarse monotonic clock (15.6 ms on Windows before Python 3.13) reads 0 for a fast request.
+    # A median of 0 was divided by inside the request's release, before the queue was woken, and a
+    # no-load latency of 0 halved the limit at every congested update.
     clock = FakeClock()
     lim = limiter(clock, initial_limit=10, min_limit=3, probe_samples=5, max_limit=50)
     probe(lim, clock, 0.0)
@@ -732,3 +733,22 @@ def test_requests_faster_than_the_clock_can_tell_do_not_break_the_limit():
         run_batch(lim, clock, lim.limit, 0.0)
         clock.advance(0.1)
     assert 3 <= lim.limit <= 50 and lim.in_flight == 0
+
+
+async def test_a_release_hands_the_slot_on_even_if_the_limit_arithmetic_fails(monkeypatch):
+    # The bug above raised inside the release; the next request in line then waited for its deadline.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=1, min_limit=1)
+    held = await lim.acquire()
+    queued = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+
+    def broken(*_: object, **__: object) -> None:
+        raise ArithmeticError("a bug in the limit's arithmetic")
+
+    monkeypatch.setattr(lim._gradient, "observe", broken)
+    with pytest.raises(ArithmeticError):
+        held.release(completed=True)  # the error is not hidden...
+    await asyncio.sleep(0)
+    assert queued.done() and lim.in_flight == 1  # ...and the next in line has the slot
+    queued.result().release(completed=False)

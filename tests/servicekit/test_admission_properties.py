@@ -2,7 +2,7 @@
 
 The example-based tests pin each rule of the adaptive limit; these drive the slots, the queue and
 the limit together through random histories (a fake clock, the loop late or on time, clients that
-leave while queued, permits given back twice) and check what must hold whatever the limit does:
+leave while queued or just as they are served, permits given back twice) and check what must hold whatever the limit does:
 no slot leaks or is counted twice, nobody is admitted past the limit or ahead of the queue, a
 queued request never waits behind a free slot nor past its deadline, and the door's question
 changes nothing.
@@ -24,8 +24,8 @@ _QUEUE_TIMEOUT = 0.25  # longer than an update interval: a queue that outlives a
 
 
 class _Queued:
-    def __init__(self, future: asyncio.Future[Permit], at: float) -> None:
-        self.future, self.at = future, at
+    def __init__(self, future: asyncio.Future[Permit], at: float, task: asyncio.Task[Permit]) -> None:
+        self.future, self.at, self.task = future, at, task
 
 
 class LimiterMachine(RuleBasedStateMachine):
@@ -33,12 +33,24 @@ class LimiterMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.clock = FakeClock()
-        self.policy = AdmissionPolicy(initial_limit=8, min_limit=2, max_limit=20, probe_samples=3, queue_timeout=_QUEUE_TIMEOUT)
+        # Probes every 2 s, without jitter: re-measuring after a baseline is reached, and replays are exact.
+        self.policy = AdmissionPolicy(
+            initial_limit=8,
+            min_limit=2,
+            max_limit=20,
+            probe_samples=3,
+            probe_interval=2.0,
+            probe_jitter=0.0,
+            queue_timeout=_QUEUE_TIMEOUT,
+        )
         self.limiter = Limiter(self.policy, clock=self.clock)
         self.held: list[Permit] = []  # permits out, not yet given back
         self.queued: list[_Queued] = []  # in the order they queued
 
     def teardown(self) -> None:
+        for place in self.queued:
+            place.task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
         self.limiter.close()
         self.loop.close()
 
@@ -47,7 +59,7 @@ class LimiterMachine(RuleBasedStateMachine):
         self.loop.run_until_complete(asyncio.sleep(0))
         still: list[_Queued] = []
         for place in self.queued:
-            future = place.future
+            future = place.task
             if not future.done():
                 still.append(place)
             elif not future.cancelled():
@@ -84,7 +96,7 @@ class LimiterMachine(RuleBasedStateMachine):
 
         future = self.loop.run_until_complete(place())
         if future is not None:
-            self.queued.append(_Queued(future, self.clock.monotonic()))
+            self.queued.append(_Queued(future, self.clock.monotonic(), self.loop.create_task(self.limiter.wait(future))))
         self._spin()
 
     @rule(count=st.integers(2, 40))
@@ -136,8 +148,23 @@ class LimiterMachine(RuleBasedStateMachine):
     def leave(self, data: st.DataObject) -> None:
         """A queued client goes away (its task is cancelled)."""
         waiting = [place for place in self.queued if not place.future.done()]
-        waiting[data.draw(st.integers(0, len(waiting) - 1))].future.cancel()
+        waiting[data.draw(st.integers(0, len(waiting) - 1))].task.cancel()
         self._spin()
+
+    @precondition(lambda self: bool(self.held) and any(not place.future.done() for place in self.queued))
+    @rule(completed=st.booleans())
+    def leaves_as_served(self, completed: bool) -> None:
+        """A slot frees and the head of the queue gets it, but its client left meanwhile: `wait` gives it back."""
+        head = next(place for place in self.queued if not place.future.done())
+        self.held.pop(0).release(completed=completed)
+        head.task.cancel()
+        self._spin()
+
+    @rule(rounds=st.integers(2, 6), latency=st.sampled_from([0.002, 0.02, 0.2]), late_by=st.sampled_from(_LATE[2:]))
+    def sustained_overload(self, rounds: int, latency: float, late_by: float) -> None:
+        """Overload that lasts: consecutive congested updates (cuts down to the floor, a stuck limit re-probed)."""
+        for _ in range(rounds):
+            self.a_round_of_overload(latency, late_by, 2)
 
     @rule(seconds=st.sampled_from([0.001, 0.01, 0.05, 0.1, 0.3, 1.0, 2.5]), late_by=st.sampled_from(_LATE))
     def time_passes(self, seconds: float, late_by: float) -> None:
@@ -187,7 +214,8 @@ def test_a_drained_limiter_ends_empty() -> None:
         assert machine.limiter.in_flight == len(machine.held)
         for permit in machine.held:
             permit.release(completed=True)
+        machine.held.clear()
         machine.time_passes(1.0, 0.0)
-        assert machine.limiter.queued == 0 and not machine.queued
+        assert machine.limiter.in_flight == 0 and machine.limiter.queued == 0 and not machine.queued
     finally:
         machine.teardown()
