@@ -194,7 +194,7 @@ class LimiterMachine(RuleBasedStateMachine):
                 assert now - place.at <= _QUEUE_TIMEOUT + max(_LATE) + 1e-9
 
 
-LimiterMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=80, deadline=None)
+LimiterMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 test_the_limiter_keeps_its_invariants = LimiterMachine.TestCase
 
 
