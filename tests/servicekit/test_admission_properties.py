@@ -54,21 +54,25 @@ class LimiterMachine(RuleBasedStateMachine):
         self.limiter.close()
         self.loop.close()
 
+    def _waiting(self) -> list[_Queued]:
+        """The queued requests the limiter has not yet answered, in the order they queued."""
+        return [place for place in self.queued if not place.future.done()]
+
     def _spin(self) -> None:
         """Let the loop run what the limiter scheduled (future callbacks), then collect what queued requests got."""
         self.loop.run_until_complete(asyncio.sleep(0))
         still: list[_Queued] = []
-        for place in self.queued:
-            future = place.task
-            if not future.done():
+        for position, place in enumerate(self.queued):
+            client = place.task
+            if not client.done():
                 still.append(place)
-            elif not future.cancelled():
-                if future.exception() is None:
+            elif not client.cancelled():
+                if client.exception() is None:
                     # FIFO: nobody who queued earlier and is still waiting was passed over.
-                    assert all(earlier.future.done() for earlier in self.queued[: self.queued.index(place)])
-                    self.held.append(future.result())
+                    assert all(earlier.future.done() for earlier in self.queued[:position])
+                    self.held.append(client.result())
                 else:
-                    error = future.exception()
+                    error = client.exception()
                     assert isinstance(error, Shed) and error.reason == "queue_timeout"
                     # Not before its deadline.
                     assert self.clock.monotonic() >= place.at + _QUEUE_TIMEOUT - 1e-9
@@ -82,7 +86,7 @@ class LimiterMachine(RuleBasedStateMachine):
             # Only into a free slot (the limit may have grown on the clock as it asked), and never
             # ahead of anyone still queued: they were served first.
             assert self.limiter.in_flight <= self.limiter.limit
-            assert all(place.future.done() for place in self.queued)
+            assert not self._waiting()
             self.held.append(permit)
             self._spin()
             return
@@ -143,19 +147,19 @@ class LimiterMachine(RuleBasedStateMachine):
             permit.release(completed=completed)
         self._spin()
 
-    @precondition(lambda self: any(not place.future.done() for place in self.queued))
+    @precondition(lambda self: bool(self._waiting()))
     @rule(data=st.data())
     def leave(self, data: st.DataObject) -> None:
         """A queued client goes away (its task is cancelled)."""
-        waiting = [place for place in self.queued if not place.future.done()]
+        waiting = self._waiting()
         waiting[data.draw(st.integers(0, len(waiting) - 1))].task.cancel()
         self._spin()
 
-    @precondition(lambda self: bool(self.held) and any(not place.future.done() for place in self.queued))
+    @precondition(lambda self: bool(self.held) and bool(self._waiting()))
     @rule(completed=st.booleans())
     def leaves_as_served(self, completed: bool) -> None:
         """A slot frees and the head of the queue gets it, but its client left meanwhile: `wait` gives it back."""
-        head = next(place for place in self.queued if not place.future.done())
+        head = self._waiting()[0]
         self.held.pop(0).release(completed=completed)
         head.task.cancel()
         self._spin()
@@ -182,16 +186,15 @@ class LimiterMachine(RuleBasedStateMachine):
 
     @invariant()
     def nobody_waits_behind_a_free_slot(self) -> None:
-        if any(not place.future.done() for place in self.queued):
+        if self._waiting():
             assert self.limiter.in_flight >= self.limiter.limit
 
     @invariant()
     def nobody_waits_past_the_deadline(self) -> None:
         now = self.clock.monotonic()
-        for place in self.queued:
-            if not place.future.done():
-                # Its expiry timer fires as late as the loop ran when it was armed, at worst.
-                assert now - place.at <= _QUEUE_TIMEOUT + max(_LATE) + 1e-9
+        for place in self._waiting():
+            # Its expiry timer fires as late as the loop ran when it was armed, at worst.
+            assert now - place.at <= _QUEUE_TIMEOUT + max(_LATE) + 1e-9
 
 
 LimiterMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
