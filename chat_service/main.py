@@ -133,6 +133,7 @@ def create_app(
                 idempotency_ttl=settings.idempotency_ttl,
                 on_failure=metrics.on_session_failure,
                 hooks=hooks,
+                breaker=settings.session_breaker.to_options(),
             )
             metrics.watch_breaker(conversations.guarded.target)
             agent = build_agent(llm.model, tracer=tracer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 import httpx
 from pydantic import (
@@ -26,6 +26,9 @@ from servicekit.logging import LogFormat
 from servicekit.validation import OptionalSecret, OptionalText, empty_is_unset
 
 from ..auth import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, HMAC_MIN_BYTES
+
+if TYPE_CHECKING:  # the sessions package imports the Agents SDK: settings stay light
+    from ..sessions._guarded import BreakerOptions
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -91,6 +94,31 @@ class AdmissionSettings(BaseModel):
             queue_timeout=self.queue_timeout,
             queue_max=self.queue_max,
         )
+
+
+class SessionBreakerSettings(BaseModel):
+    """The session store's circuit breaker: CHAT_SESSION_BREAKER__MIN_CALLS=10 and so on (docs/conversations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: BreakerMode = Field("rate", description="rate: failure rate over a window; consecutive: N in a row")
+    failures: int = Field(3, ge=1, description="Consecutive mode: failed store calls in a row that open it")
+    window: float = Field(10.0, gt=0, description="Rate mode: seconds of store calls the failure rate covers")
+    min_calls: int = Field(
+        10, ge=1, description="Rate mode: calls in the window before it may open; this many failures in a row open it too"
+    )
+    failure_rate: float = Field(0.5, gt=0, le=1, description="Rate mode: share of failed calls that opens it")
+    reset: float = Field(5.0, gt=0, description="Seconds open before one call probes the store again")
+
+    def to_options(self) -> BreakerOptions:
+        return {
+            "mode": self.mode,
+            "failures": self.failures,
+            "window": self.window,
+            "min_calls": self.min_calls,
+            "failure_rate": self.failure_rate,
+            "reset": self.reset,
+        }
 
 
 class ModelPolicySettings(BaseModel):
@@ -233,6 +261,7 @@ class Settings(BaseSettings):
     session_ttl: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds a conversation is kept after its last turn")
     session_timeout: float = Field(0.5, gt=0, description="Seconds per session store call")
     session_lock_wait: float = Field(5.0, ge=0, description="Seconds a message waits for its conversation's run, then 409")
+    session_breaker: SessionBreakerSettings = Field(default_factory=SessionBreakerSettings)
     idempotency_ttl: float = Field(24 * 3600.0, gt=0, description="Seconds an Idempotency-Key's reply is kept")
 
     # End-user authentication: off unless a secret or a JWKS URL is set (docs/auth.md).

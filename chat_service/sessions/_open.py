@@ -13,7 +13,7 @@ from servicekit.logging import get_logger
 
 from ._backend import Backend
 from ._conversations import Conversations
-from ._guarded import Guarded
+from ._guarded import BreakerOptions, Guarded
 from ._sqlite import SqliteBackend
 
 log = get_logger("sessions")
@@ -51,6 +51,7 @@ async def open_conversations(
     idempotency_ttl: float,
     on_failure: Callable[[str, str], None],
     hooks: Sequence[Hook] = (),
+    breaker: BreakerOptions | None = None,
 ) -> Conversations:
     """Open the store; a store that cannot be reached now starts degraded (no history), never fails start-up."""
     backend: Backend | None = None
@@ -69,7 +70,7 @@ async def open_conversations(
         for hook in hooks:
             hook(event)
 
-    guarded = Guarded(timeout=call_timeout, on_failure=on_failure, emit=emit)
+    guarded = Guarded(timeout=call_timeout, on_failure=on_failure, emit=emit, breaker=breaker)
     conversations = Conversations(
         backend,
         guarded,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 
 import jwt
@@ -85,15 +86,21 @@ async def test_a_conversation_idle_longer_than_the_ttl_is_forgotten(chat_with, a
 async def test_a_store_that_is_down_costs_the_history_not_the_chat(chat_with, analytics_transport):
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
     async with chat_with(analytics_transport, sessions_url=dead, session_timeout=0.5) as chat:
-        replies = [await chat.post("/chat/", json=say("alice", f"m{i}")) for i in range(5)]
-        assert [r.status_code for r in replies] == [200] * 5
+        replies = [await chat.post("/chat/", json=say("alice", f"m{i}")) for i in range(12)]
+        assert [r.status_code for r in replies] == [200] * 12
         assert all("message 1 of this conversation" in r.json()["reply"] for r in replies)
         assert (await chat.get("/sessions/s-1", params={"user_id": "alice"})).status_code == 503
         keyed = await chat.post("/chat/", json=say("alice", "k"), headers={"Idempotency-Key": "k-1"})
         assert keyed.status_code == 200
         metrics = (await chat.get("/metrics")).text
-    assert 'chat_session_store_failures_total{operation="open",reason="' in metrics
-    assert 'operation="open",reason="breaker_open"' in metrics  # the breaker spares the dead store
+    failures = {
+        reason: float(count)
+        for reason, count in re.findall(r'chat_session_store_failures_total\{operation="open",reason="(\w+)"\} (\S+)', metrics)
+    }
+    # The breaker spares the dead store after 10 failed calls in a row (CHAT_SESSION_BREAKER__MIN_CALLS):
+    # each chat tried the store once, and the last two and the keyed one found the breaker open.
+    assert sum(count for reason, count in failures.items() if reason != "breaker_open") == 10
+    assert failures["breaker_open"] == 3
 
 
 async def test_a_failed_run_leaves_the_history_as_it_was(chat_with, analytics_transport, models):
