@@ -99,7 +99,7 @@ class AdmissionSettings(BaseModel):
 class SessionBreakerSettings(BaseModel):
     """The session store's circuit breaker: CHAT_SESSION_BREAKER__MIN_CALLS=10 and so on (docs/conversations.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # reset=inf would leave it open for good
 
     mode: BreakerMode = Field("rate", description="rate: failure rate over a window; consecutive: N in a row")
     failures: int = Field(3, ge=1, description="Consecutive mode: failed store calls in a row that open it")

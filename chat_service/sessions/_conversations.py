@@ -253,7 +253,8 @@ class Conversations:
         it stored, so a retry only trims and unlocks), freeing a lock or a key, and storing a key's
         reply (each checks the token, and a reply stored twice is the same reply).
         `frees_only`: the call only frees something a lease frees anyway, so it is skipped while the
-        breaker is open (and shutdown need not wait for a dead store).
+        breaker is open (and shutdown need not wait for a store the breaker knows is dead; until
+        then, `drain_budget` bounds the wait).
         """
         self._background(self._retry(operation, call, frees_only, CLOSE_RETRIES))
 
