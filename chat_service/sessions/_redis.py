@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from agents.extensions.memory import RedisSession
 from agents.memory import SessionSettings
 from redis.asyncio import Redis
@@ -18,7 +20,31 @@ _LOCK = (
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0"
 )
 # Compare-and-delete and compare-and-set: only the holder of the token may release or finish.
-_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# A lock whose turn is stored reads `token:stored` (`_STORE_TURN`); its holder still unlocks it.
+_UNLOCK = (
+    "local held = redis.call('GET', KEYS[1]) if held == ARGV[1] or held == ARGV[1] .. ':stored' then "
+    "return redis.call('DEL', KEYS[1]) end return 0"
+)
+# A turn's items, stored only by the lock's holder and only once: the same writes as the SDK's
+# `RedisSession.add_items` (metadata hash, RPUSH, TTL on every key), and the lock is marked
+# stored in the same script. A retry after a lost reply finds the mark and stores nothing again;
+# a run whose lease ran out (another holds the lock) writes nothing. 1: stored now, 2: stored
+# before, 0: not the holder.
+_STORE_TURN = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] .. ':stored' then return 2 end
+if held ~= ARGV[1] then return 0 end
+if #ARGV > 3 then
+  local now = redis.call('TIME')[1]
+  redis.call('HSET', KEYS[2], 'session_id', ARGV[3])
+  redis.call('HSETNX', KEYS[2], 'created_at', now)
+  for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  redis.call('HSET', KEYS[2], 'updated_at', now)
+  for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':stored', 'KEEPTTL')
+return 1
+"""
 _RELEASE = (
     "local r = redis.call('GET', KEYS[1]) if r and cjson.decode(r)['token'] == ARGV[1] then "
     "return redis.call('DEL', KEYS[1]) end return 0"
@@ -30,6 +56,9 @@ _FINISH = (
 
 
 class RedisBackend(ComposedTurns):
+    """Takes a turn in two calls (lock, read); closes it in three (store and mark, trim, unlock),
+    each safe to repeat: `Conversations.settle` retries a close whose reply was lost."""
+
     name = "redis"
     calls_suspend = True
 
@@ -41,6 +70,7 @@ class RedisBackend(ComposedTurns):
         self._unlock = self._redis.register_script(_UNLOCK)
         self._release = self._redis.register_script(_RELEASE)
         self._finish = self._redis.register_script(_FINISH)
+        self._store_turn = self._redis.register_script(_STORE_TURN)
 
     async def start(self) -> None:
         """Nothing to create; a Redis that is down now is a store failure later, not a failed start."""
@@ -59,6 +89,16 @@ class RedisBackend(ComposedTurns):
         first = keep_from([starts_turn_json(item) for item in raw], keep)
         if first:
             await self._redis.ltrim(name, first, -1)  # past the end: the list is emptied (deleted)
+
+    async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        session = self.session(key)
+        serialized = [await session._serialize_item(item) for item in items or ()]
+        names = [f"chat:lock:{key}", f"{_PREFIX}:{key}", f"{_PREFIX}:{key}:messages", f"{_PREFIX}:{key}:counter"]
+        if not await self._store_turn(keys=names, args=[token, self._ttl * 1000, key, *serialized]):
+            return  # not ours: the lease ran out and another run took the conversation; never interleave
+        if trim_to is not None:
+            await self.trim(key, trim_to)  # still under our lock; a retry trims again, which changes nothing
+        await self.unlock(key, token)
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         return bool(await self._lock(keys=[f"chat:lock:{key}"], args=[token, _ms(lease)]))

@@ -17,7 +17,7 @@ from agents.memory import SessionSettings
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, column, delete, select, table, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from servicekit.logging import get_logger
 
@@ -46,6 +46,18 @@ _IDEMPOTENCY = Table(
 # The SDK's own tables (its defaults), for the statements its API has no call for: trim and sweep.
 _MESSAGES = table("agent_messages", column("id"), column("session_id"), column("message_data"))
 _SESSIONS = table("agent_sessions", column("session_id"), column("updated_at"))
+
+
+async def _trim(connection: AsyncConnection, key: str, keep: int) -> None:
+    # The items are decoded here, with the same `starts_turn` as a read; in the caller's
+    # transaction, under the conversation's lock, and a row appended meanwhile has a larger id.
+    items = select(_MESSAGES.c.id, _MESSAGES.c.message_data).where(_MESSAGES.c.session_id == key).order_by(_MESSAGES.c.id)
+    rows = (await connection.execute(items)).all()
+    first = keep_from([starts_turn_json(row.message_data) for row in rows], keep)
+    if first:
+        mine = _MESSAGES.c.session_id == key
+        cut = mine if first == len(rows) else mine & (_MESSAGES.c.id < rows[first].id)
+        await connection.execute(delete(_MESSAGES).where(cut))
 
 
 def async_url(url: str) -> str:
@@ -96,17 +108,34 @@ class SqlBackend(ComposedTurns):
     def session(self, key: str) -> SQLAlchemySession:
         return _Session(key, engine=self._engine, session_settings=self._settings, backend=self)
 
-    async def trim(self, key: str, keep: int) -> None:
-        # The items are decoded here, with the same `starts_turn` as a read; one transaction, under
-        # the conversation's lock, and a row appended meanwhile has a larger id than the cut.
-        items = select(_MESSAGES.c.id, _MESSAGES.c.message_data).where(_MESSAGES.c.session_id == key).order_by(_MESSAGES.c.id)
+    async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
+        """One transaction: give the lock back, store the turn, trim; nothing unless `token` held the lock.
+
+        Not the composed version (store, trim, unlock): a store whose reply was lost (a timeout
+        after the commit) was retried by `Conversations.settle` and stored the turn twice, and a
+        close by a run that no longer held the lock wrote into another run's conversation. Here a
+        retry after a lost reply finds the lock gone and does nothing, as SQLite's does.
+        """
+        await self._ensure_tables()
+        session = self.session(key)
+        payload = [{"session_id": key, "message_data": await session._serialize_item(item)} for item in items or ()]
+        mine = (_LOCKS.c.key == key) & (_LOCKS.c.token == token)
         async with self._engine.begin() as connection:
-            rows = (await connection.execute(items)).all()
-            first = keep_from([starts_turn_json(row.message_data) for row in rows], keep)
-            if first:
-                mine = _MESSAGES.c.session_id == key
-                cut = mine if first == len(rows) else mine & (_MESSAGES.c.id < rows[first].id)
-                await connection.execute(delete(_MESSAGES).where(cut))
+            if (await connection.execute(delete(_LOCKS).where(mine).returning(_LOCKS.c.key))).first() is None:
+                return  # not ours (the lease ran out and another run took it), or this close already committed
+            if payload:
+                touched = insert(_SESSIONS).values(session_id=key)
+                touched = touched.on_conflict_do_update(
+                    index_elements=["session_id"], set_={"updated_at": text("CURRENT_TIMESTAMP")}
+                )
+                await connection.execute(touched)
+                await connection.execute(_MESSAGES.insert(), payload)
+            if trim_to is not None:
+                await _trim(connection, key, trim_to)
+
+    async def trim(self, key: str, keep: int) -> None:
+        async with self._engine.begin() as connection:
+            await _trim(connection, key, keep)
 
     async def sweep(self) -> None:
         """Forget conversations idle longer than the TTL, and expired locks and idempotency records."""
