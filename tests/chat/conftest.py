@@ -14,6 +14,8 @@ from analytics_service.core.config import Settings as AnalyticsSettings
 from analytics_service.main import create_app as create_analytics
 from chat_service.core.config import Settings
 from chat_service.main import create_app
+from chat_service.sessions._backend import Backend
+from chat_service.sessions._open import make_backend
 from load_tests.fake_model import fake_model_process, fake_stats, switch
 from load_tests.processes import ServiceProcess
 
@@ -76,6 +78,17 @@ async def store_url(request, tmp_path) -> AsyncIterator[str]:
             yield url
     else:
         yield REDIS_URL
+
+
+@pytest.fixture
+async def backend(store_url) -> AsyncIterator[Backend]:
+    """Each conversation store in turn, started, without the chat around it."""
+    store = make_backend(store_url, ttl=3600, timeout=2.0)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +29,15 @@ ROUNDS = 40
 LEASE = 600.0
 
 
-@pytest.fixture
-async def backend(store_url) -> AsyncIterator[Backend]:
-    store = make_backend(store_url, ttl=3600, timeout=5.0)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
+def _conversations(backend: Backend) -> Conversations:
+    guarded = Guarded(timeout=5.0, on_failure=lambda operation, reason: None, emit=lambda event: None)
+    return Conversations(backend, guarded, max_items=100, lock_wait=1.0, lease=30.0, idempotency_ttl=60)
+
+
+def _rounds(kind: str, state: type[Any]) -> tuple[random.Random, dict[str, Any]]:
+    """A seeded random source, and the model's state of three keys of `kind` new to the store."""
+    prefix = uuid.uuid4().hex[:8]
+    return random.Random(25), {f"{prefix}:{kind}{n}": state() for n in range(3)}
 
 
 @dataclass
@@ -47,9 +47,7 @@ class Conversation:
 
 
 async def test_racing_takes_of_one_conversation_let_exactly_one_run(backend: Backend) -> None:
-    rng = random.Random(25)
-    prefix = uuid.uuid4().hex[:8]
-    model = {f"{prefix}:c{n}": Conversation() for n in range(3)}
+    rng, model = _rounds("c", Conversation)
     for round_ in range(ROUNDS):
         key = rng.choice(list(model))
         conversation = model[key]
@@ -86,9 +84,7 @@ class Key:
 
 
 async def test_racing_claims_of_one_key_let_exactly_one_run_and_the_rest_see_it(backend: Backend) -> None:
-    rng = random.Random(25)
-    prefix = uuid.uuid4().hex[:8]
-    model = {f"{prefix}:k{n}": Key() for n in range(3)}
+    rng, model = _rounds("k", Key)
     for round_ in range(ROUNDS):
         key = rng.choice(list(model))
         state = model[key]
@@ -136,14 +132,7 @@ async def test_a_close_applied_whose_reply_was_lost_is_stored_once(backend: Back
             raise ConnectionError("the close's reply was lost")
 
     monkeypatch.setattr(backend, "close_turn", close_applied_then_reply_lost)
-    conversations = Conversations(
-        backend,
-        Guarded(timeout=5.0, on_failure=lambda operation, reason: None, emit=lambda event: None),
-        max_items=100,
-        lock_wait=1.0,
-        lease=30.0,
-        idempotency_ttl=60,
-    )
+    conversations = _conversations(backend)
     user, turn = f"u-{uuid.uuid4().hex[:8]}", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     async with conversations.turn(user, "s-1") as taken:
         await taken.complete(list(turn))  # counted, not raised: the reply still goes out
@@ -169,14 +158,7 @@ async def test_a_redis_close_whose_store_was_applied_but_its_reply_lost_stores_t
 
     monkeypatch.setattr(backend, "_store_turn", applied_then_reply_lost)
     try:
-        conversations = Conversations(
-            backend,
-            Guarded(timeout=5.0, on_failure=lambda operation, reason: None, emit=lambda event: None),
-            max_items=100,
-            lock_wait=1.0,
-            lease=30.0,
-            idempotency_ttl=60,
-        )
+        conversations = _conversations(backend)
         user = f"u-{uuid.uuid4().hex[:8]}"
         turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
         async with conversations.turn(user, "s-1") as taken:

@@ -30,16 +30,6 @@ from .test_sessions import say
 MAX_ITEMS = 4
 
 
-@pytest.fixture
-async def backend(store_url) -> AsyncIterator[Backend]:
-    store = make_backend(store_url, ttl=3600, timeout=2.0)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 def conversations_on(backend: Backend, *, timeout: float = 2.0) -> Conversations:
     guarded = Guarded(timeout=timeout, on_failure=lambda operation, reason: None, emit=lambda event: None)
     return Conversations(backend, guarded, max_items=MAX_ITEMS, lock_wait=1.0, lease=30.0, idempotency_ttl=60)
