@@ -57,9 +57,12 @@ class Backend(Protocol):
     async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
         """Store the turn's `items` (if any), `trim` to `trim_to` items (if given), release the lock.
 
-        Called again with the same arguments when it failed (`Conversations.retry_later`): a store
-        that does this in several steps empties `items` once they are stored, so that a retry after
-        a failed trim or unlock does not store the turn twice.
+        Nothing is written unless `token` still holds the lock. Called again with the same
+        arguments when it failed (`Conversations.retry_later`), possibly after the store applied it
+        and only the reply was lost: it must not store the turn twice. SQLite and PostgreSQL close
+        in one transaction that deletes the lock first (a retry finds it gone); Redis marks the lock
+        stored in the step that stores the turn (a retry finds the mark); `ComposedTurns` empties
+        `items` once they are stored.
         """
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:

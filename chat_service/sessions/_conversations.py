@@ -249,9 +249,9 @@ class Conversations:
     def retry_later(self, operation: str, call: Callable[[], Awaitable[object]], *, frees_only: bool) -> None:
         """Try a failed store call again in the background after `CLOSE_RETRIES`, until it succeeds.
 
-        For calls safe to repeat: a turn's close (a store that closes in steps empties the items
-        it stored, so a retry only trims and unlocks), freeing a lock or a key, and storing a key's
-        reply (each checks the token, and a reply stored twice is the same reply).
+        For calls safe to repeat: a turn's close (it stores the turn once, and only under its lock:
+        `Backend.close_turn`), freeing a lock or a key, and storing a key's reply (each checks the
+        token, and a reply stored twice is the same reply).
         `frees_only`: the call only frees something a lease frees anyway, so it is skipped while the
         breaker is open (and shutdown need not wait for a store the breaker knows is dead; until
         then, `drain_budget` bounds the wait).
