@@ -9,7 +9,7 @@ from agents.memory import SessionSettings
 from redis.asyncio import Redis
 
 from ._backend import ComposedTurns, IdempotencyRecord
-from ._turns import keep_from, starts_turn_json
+from ._turns import dump_item, keep_from, starts_turn_json
 
 _PREFIX = "chat:session"
 # SET NX PX that also succeeds (renewing the lease) when the lock already holds this token: a retry
@@ -91,9 +91,8 @@ class RedisBackend(ComposedTurns):
             await self._redis.ltrim(name, first, -1)  # past the end: the list is emptied (deleted)
 
     async def close_turn(self, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
-        session = self.session(key)
-        serialized = [await session._serialize_item(item) for item in items or ()]
-        names = [f"chat:lock:{key}", f"{_PREFIX}:{key}", f"{_PREFIX}:{key}:messages", f"{_PREFIX}:{key}:counter"]
+        serialized = [dump_item(item) for item in items or ()]
+        names = [_lock_key(key), f"{_PREFIX}:{key}", f"{_PREFIX}:{key}:messages", f"{_PREFIX}:{key}:counter"]
         if not await self._store_turn(keys=names, args=[token, self._ttl * 1000, key, *serialized]):
             return  # not ours: the lease ran out and another run took the conversation; never interleave
         if trim_to is not None:
@@ -101,10 +100,10 @@ class RedisBackend(ComposedTurns):
         await self.unlock(key, token)
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
-        return bool(await self._lock(keys=[f"chat:lock:{key}"], args=[token, _ms(lease)]))
+        return bool(await self._lock(keys=[_lock_key(key)], args=[token, _ms(lease)]))
 
     async def unlock(self, key: str, token: str) -> None:
-        await self._unlock(keys=[f"chat:lock:{key}"], args=[token])
+        await self._unlock(keys=[_lock_key(key)], args=[token])
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:
         name = f"chat:idem:{key}"
@@ -127,6 +126,10 @@ class RedisBackend(ComposedTurns):
 
     async def release(self, key: str, token: str) -> None:
         await self._release(keys=[f"chat:idem:{key}"], args=[token])
+
+
+def _lock_key(key: str) -> str:
+    return f"chat:lock:{key}"
 
 
 def _ms(seconds: float) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from servicekit.logging import get_logger
 
 from ._backend import ComposedTurns, IdempotencyRecord
-from ._turns import keep_from, starts_turn_json
+from ._turns import dump_item, keep_from, starts_turn_json
 
 log = get_logger("sessions")
 
@@ -117,8 +117,8 @@ class SqlBackend(ComposedTurns):
         retry after a lost reply finds the lock gone and does nothing, as SQLite's does.
         """
         await self._ensure_tables()
-        session = self.session(key)
-        payload = [{"session_id": key, "message_data": await session._serialize_item(item)} for item in items or ()]
+        # Serialized here, not through an SDK session: building one costs ~0.8 ms (its table metadata).
+        payload = [{"session_id": key, "message_data": dump_item(item)} for item in items or ()]
         mine = (_LOCKS.c.key == key) & (_LOCKS.c.token == token)
         async with self._engine.begin() as connection:
             if (await connection.execute(delete(_LOCKS).where(mine).returning(_LOCKS.c.key))).first() is None:

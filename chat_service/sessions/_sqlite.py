@@ -35,7 +35,7 @@ from servicekit.logging import get_logger
 
 from ._backend import IdempotencyRecord
 from ._keys import holder_is_gone
-from ._turns import SQLITE_STARTS_TURN
+from ._turns import SQLITE_STARTS_TURN, dump_item
 
 T = TypeVar("T")
 log = get_logger("sessions")
@@ -257,7 +257,7 @@ def _read(db: sqlite3.Connection, key: str, limit: int | None) -> list[Any]:
 
 
 def _write(db: sqlite3.Connection, key: str, items: list[Any], now: float) -> None:
-    rows = [(key, json.dumps(item, separators=(",", ":")), now) for item in items]
+    rows = [(key, dump_item(item), now) for item in items]
     db.executemany("INSERT INTO conversation_items (session_id, data, created_at) VALUES (?, ?, ?)", rows)
     db.execute(
         "INSERT INTO conversations (session_id, updated_at) VALUES (?, ?) "

@@ -18,6 +18,12 @@ T = TypeVar("T")
 SQLITE_STARTS_TURN = "json_extract(data, '$.role') IS 'user'"
 
 
+def dump_item(item: Any) -> str:
+    """A stored item's JSON, as the SDK's sessions write it (compact, ASCII): a store that writes
+    items itself, in its own transaction or script, writes what the SDK reads back."""
+    return json.dumps(item, separators=(",", ":"))
+
+
 def starts_turn(item: Any) -> bool:
     return isinstance(item, dict) and item.get("role") == "user"
 
