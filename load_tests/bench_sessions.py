@@ -13,20 +13,28 @@ In process, on uvloop. Two measurements:
 - the trim's cost: `--sessions` conversations of 100 items (50 turns), each given `--trim-turns`
   more turns, with CHAT_SESSION_MAX_ITEMS=100 (every close trims) and with a limit no close reaches;
   the difference in the close's median is what a trim costs.
+- a turn on each store (`--stores`: SQLite, and the PostgreSQL and Redis this machine runs): take,
+  read and close, one turn at a time over `--sessions` conversations of 10 items (trimmed to 10),
+  its wall time (round trips included) and this process's CPU per turn (what a chat pays in CPU).
+  PostgreSQL runs in a schema of its own, dropped after; Redis keys expire in the hour.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import statistics
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import uvloop
 from asgi_lifespan import LifespanManager
@@ -87,7 +95,7 @@ async def added_per_chat(rounds: int, per_round: int, sessions: int) -> None:
 
 
 async def _sqlite_conversations(resources: AsyncExitStack, url: str, max_items: int) -> Conversations:
-    """Conversations on a SQLite file with generous timeouts: the benchmark measures work, not waits."""
+    """Conversations on a store (a SQLite file unless told) with generous timeouts: the benchmark measures work, not waits."""
     return await open_conversations(
         resources,
         url=url,
@@ -165,6 +173,59 @@ async def trim_cost(sessions: int, turns: int) -> None:
         )
 
 
+async def _turns_on(url: str, sessions: int, turns: int) -> tuple[list[float], float]:
+    """Wall seconds of each timed turn, and CPU seconds per turn, on the store at `url`."""
+    prefix = uuid.uuid4().hex[:8]
+    async with AsyncExitStack() as resources:
+        conversations = await _sqlite_conversations(resources, url, 10)
+        for n in range(sessions):  # every conversation at its limit first: each timed close trims
+            for t in range(5):
+                async with conversations.turn(f"{prefix}-{n}", "s") as turn:
+                    await turn.complete(_turn(t))
+        walls: list[float] = []
+        cpu = time.process_time()
+        for t in range(5, 5 + turns):
+            for n in range(sessions):
+                started = time.perf_counter()
+                async with conversations.turn(f"{prefix}-{n}", "s") as turn:
+                    await turn.complete(_turn(t))
+                walls.append(time.perf_counter() - started)
+        cpu = time.process_time() - cpu
+    return walls, cpu / len(walls)
+
+
+async def per_store(stores: list[str], sessions: int, turns: int) -> None:
+    for store in stores:
+        with tempfile.TemporaryDirectory() as tmp:
+            url, schema = store, None
+            if store == "sqlite":
+                url = f"sqlite:///{tmp}/sessions.sqlite3"
+            elif store.startswith("postgresql://"):
+                schema = f"bench_{uuid.uuid4().hex[:8]}"
+                async with _postgres(store) as connection:
+                    await connection.execute(f"CREATE SCHEMA {schema}")
+                url = f"{store}?search_path={schema}"
+            try:
+                walls, cpu = await _turns_on(url, sessions, turns)
+            finally:
+                if schema is not None:
+                    async with _postgres(store) as connection:
+                        await connection.execute(f"DROP SCHEMA {schema} CASCADE")
+        print(
+            f"a turn on {store.split(':')[0]}: wall p50 {statistics.median(walls) * 1e6:.0f} us, "
+            f"p99 {_p99(walls) * 1e6:.0f} us, CPU {cpu * 1e6:.0f} us ({len(walls)} turns, each trimming to 10 items)"
+        )
+
+
+@contextlib.asynccontextmanager
+async def _postgres(url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -174,10 +235,17 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--max-items", type=int, default=10)
     parser.add_argument("--trim-turns", type=int, default=40, help="timed turns per conversation for the trim's cost")
+    parser.add_argument(
+        "--stores",
+        default="sqlite,postgresql://postgres@127.0.0.1:5432/test,redis://127.0.0.1:6379/0",
+        help="comma-separated: 'sqlite' (a temporary file) or a store URL; '' to skip",
+    )
+    parser.add_argument("--store-turns", type=int, default=20, help="timed turns per conversation on each store")
     args = parser.parse_args()
     uvloop.run(added_per_chat(args.rounds, args.per_round, args.sessions))
     uvloop.run(bounded_at_scale(args.concurrent, args.turns, args.max_items))
     uvloop.run(trim_cost(args.sessions, args.trim_turns))
+    uvloop.run(per_store([store for store in args.stores.split(",") if store], args.sessions, args.store_turns))
 
 
 if __name__ == "__main__":

@@ -81,33 +81,3 @@ class Backend(Protocol):
 
     async def release(self, key: str, token: str) -> None:
         """Forget the record `token` holds (its run failed)."""
-
-
-class LockingBackend(Protocol):
-    def session(self, key: str) -> Session: ...
-    async def try_lock(self, key: str, token: str, lease: float) -> bool: ...
-    async def unlock(self, key: str, token: str) -> None: ...
-    async def trim(self, key: str, keep: int) -> None: ...
-
-
-class ComposedTurns:
-    """`open_turn`/`close_turn` as separate store calls, for stores without a one-call version."""
-
-    async def open_turn(self: LockingBackend, key: str, token: str, lease: float) -> list[Any] | None:
-        if not await self.try_lock(key, token, lease):
-            return None
-        try:
-            return await self.session(key).get_items()
-        except BaseException:
-            await self.unlock(key, token)
-            raise
-
-    async def close_turn(self: LockingBackend, key: str, token: str, items: list[Any] | None, trim_to: int | None) -> None:
-        try:
-            if items:
-                await self.session(key).add_items(items)
-                items.clear()  # stored: a retry of this close only trims and unlocks (see the protocol)
-            if trim_to is not None:
-                await self.trim(key, trim_to)
-        finally:
-            await self.unlock(key, token)

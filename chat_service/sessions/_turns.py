@@ -9,7 +9,7 @@ items never carry that role. Cutting anywhere else would leave a tool output who
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,6 +22,17 @@ def dump_item(item: Any) -> str:
     """A stored item's JSON, as the SDK's sessions write it (compact, ASCII): a store that writes
     items itself, in its own transaction or script, writes what the SDK reads back."""
     return json.dumps(item, separators=(",", ":"))
+
+
+def load_items(raws: Iterable[str | bytes]) -> list[Any]:
+    """Stored items decoded as the SDK's sessions read them back: one that does not decode is skipped."""
+    items = []
+    for raw in raws:
+        try:
+            items.append(json.loads(raw))
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            continue
+    return items
 
 
 def starts_turn(item: Any) -> bool:

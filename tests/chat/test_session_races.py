@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from chat_service.sessions import Conversations
 from chat_service.sessions._backend import Backend, IdempotencyRecord
@@ -173,3 +174,65 @@ async def test_a_redis_close_whose_store_was_applied_but_its_reply_lost_stores_t
     finally:
         await backend.close()
     assert lost == [1] and stored == turn
+
+
+@pytest.mark.redis
+async def test_a_redis_trim_after_the_lease_passed_on_cuts_nothing_of_the_next_run(monkeypatch) -> None:
+    """Redis counts a trim's cut from a read after the store, then cuts: if the lease passes to
+    another run in between, and that run stores and trims its own turn, the late cut must not
+    land on the shortened list (it would delete the next run's turn)."""
+    backend = make_backend(REDIS_URL, ttl=3600, timeout=5.0)
+    key = f"u-{uuid.uuid4().hex[:8]}:s-1"
+
+    def turn(n: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"q{n}"}, {"role": "assistant", "content": f"a{n}"}]
+
+    first_kept, passed = backend._first_kept, []  # type: ignore[attr-defined]
+
+    async def lease_passes_meanwhile(key_: str, keep: int) -> int:
+        first = await first_kept(key_, keep)
+        if not passed:  # the late run's read; the next run's own close reads as usual
+            passed.append(first)
+            await asyncio.sleep(0.4)  # the late run's lease runs out
+            assert await backend.open_turn(key, "next", LEASE) is not None
+            await backend.close_turn(key, "next", turn(4), 2)  # stores its turn and keeps only it
+        return first
+
+    try:
+        for n in (1, 2):
+            assert await backend.open_turn(key, f"run-{n}", LEASE) == [item for m in range(1, n) for item in turn(m)]
+            await backend.close_turn(key, f"run-{n}", turn(n), None)
+        assert await backend.open_turn(key, "late", 0.2) is not None
+        monkeypatch.setattr(backend, "_first_kept", lease_passes_meanwhile)
+        await backend.close_turn(key, "late", turn(3), 2)
+        monkeypatch.undo()
+        history = await backend.open_turn(key, "reader", LEASE)
+        await backend.close_turn(key, "reader", None, None)
+    finally:
+        await backend.close()
+    assert passed == [4] and history == turn(4)  # the late cut, counted on its 6 items, was at 4
+
+
+@pytest.mark.redis
+async def test_a_redis_turn_on_keys_of_the_wrong_type_fails_before_it_writes_anything() -> None:
+    """Redis runs a script's writes up to its first error and keeps them: each script checks (or
+    reads) every key it writes before its first write, so a corrupted key space fails a take or a
+    close without a lock left behind or a turn half-written."""
+    backend = make_backend(REDIS_URL, ttl=3600, timeout=5.0)
+    key = f"u-{uuid.uuid4().hex[:8]}:s-1"
+    lock, meta, messages = f"chat:lock:{key}", f"chat:session:{key}", f"chat:session:{key}:messages"
+    redis = backend._redis  # type: ignore[attr-defined]
+    try:
+        await redis.set(messages, "not a list", ex=60)
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await backend.open_turn(key, "run", LEASE)
+        assert await redis.exists(lock) == 0
+        await redis.delete(messages)
+        assert await backend.open_turn(key, "run", LEASE) == []
+        await redis.set(messages, "not a list", ex=60)
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await backend.close_turn(key, "run", [{"role": "user", "content": "hi"}], None)
+        assert await redis.exists(meta) == 0 and await redis.get(lock) == b"run"  # not marked stored
+    finally:
+        await redis.delete(lock, messages)
+        await backend.close()

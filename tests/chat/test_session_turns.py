@@ -110,29 +110,29 @@ async def test_every_store_trims_exactly_where_the_rule_cuts(backend):
 
 
 async def test_a_close_retried_after_its_unlock_failed_stores_the_turn_once(backend, monkeypatch):
-    """Redis stores, trims and unlocks in separate calls: a retry must not store again.
+    """Redis stores, then trims and unlocks, in separate calls: a retry must not store again.
 
     (SQLite and PostgreSQL close in one transaction that takes no unlock call; there the close
     simply succeeds.)
     """
     conversations = conversations_on(backend)
-    unlock = getattr(backend, "unlock", None) if backend.name == "redis" else None
-    failed: list[str] = []
-    if unlock is not None:
+    end_turn = getattr(backend, "_end_turn", None) if backend.name == "redis" else None
+    failed: list[int] = []
+    if end_turn is not None:
 
-        async def unlock_failing_once(key: str, token: str) -> None:
+        async def end_turn_failing_once(**kwargs: Any) -> Any:
             if not failed:
-                failed.append(key)
+                failed.append(1)
                 raise ConnectionError("the unlock's reply was lost")
-            await unlock(key, token)
+            return await end_turn(**kwargs)
 
-        monkeypatch.setattr(backend, "unlock", unlock_failing_once)
+        monkeypatch.setattr(backend, "_end_turn", end_turn_failing_once)
     turn = [asked("first"), answered("one")]  # short: twice over would still fit MAX_ITEMS and show
     user = f"u-{uuid.uuid4().hex}"  # Redis keeps what earlier runs stored
     await store_turn(conversations, user, turn)
     await conversations.drain()  # the background retry has run
     assert plain(await history(conversations, user)) == turn
-    assert failed or unlock is None
+    assert failed or end_turn is None
 
 
 async def test_taking_a_lock_again_with_the_same_token_succeeds_and_with_another_fails(backend):
