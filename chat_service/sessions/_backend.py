@@ -45,7 +45,11 @@ class Backend(Protocol):
         """The Agents SDK session of one conversation; it reads every item (trimming bounds them)."""
 
     async def trim(self, key: str, keep: int) -> None:
-        """Keep the most recent whole turns that fit `keep` items, at least the latest one (`_turns.keep_from`)."""
+        """Keep the most recent whole turns that fit `keep` items, at least the latest one (`_turns.keep_from`).
+
+        On its own, under no lock (tests check each store's cut with it): a turn's close trims
+        itself, under the conversation's lock, with the same rule.
+        """
 
     async def open_turn(self, key: str, token: str, lease: float) -> list[Any] | None:
         """Take the conversation's lease lock and read its history; None while another run holds it.
@@ -61,8 +65,8 @@ class Backend(Protocol):
         arguments when it failed (`Conversations.retry_later`), possibly after the store applied it
         and only the reply was lost: it must not store the turn twice. SQLite and PostgreSQL close
         in one transaction that deletes the lock first (a retry finds it gone); Redis marks the lock
-        stored in the step that stores the turn (a retry finds the mark); `ComposedTurns` empties
-        `items` once they are stored.
+        stored in the step that stores the turn (a retry finds the mark), and trims and unlocks
+        only while the lock is still the run's.
         """
 
     async def claim(self, key: str, record: IdempotencyRecord, lease: float) -> IdempotencyRecord | None:

@@ -229,7 +229,7 @@ class Conversations:
         turn.closed = True
         over = items is not None and turn._stored + len(items) > self.max_items
         key, token, trim_to = turn._key, turn._token, self.max_items if over else None
-        owned = None if items is None else list(items)  # the store may empty it once stored (retries)
+        owned = None if items is None else list(items)  # the caller's list may change; retries send this one
         await self.settle("close", lambda: backend.close_turn(key, token, owned, trim_to), frees_only=items is None)
 
     async def settle(self, operation: str, call: Callable[[], Awaitable[object]], *, frees_only: bool) -> None:

@@ -80,6 +80,9 @@ _CLAIM = (
 _RECORD = "SELECT token, fingerprint, reply FROM chat_idempotency WHERE key = $1"
 _FINISH = "UPDATE chat_idempotency SET reply = $3, expires_at = $4 WHERE key = $1 AND token = $2"
 _FORGET = "DELETE FROM chat_idempotency WHERE key = $1 AND token = $2"
+# Errors that say the server or the connection to it is gone (08: connection exceptions; 57:
+# operator intervention, such as the admin shutdown of a restart).
+_SERVER_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, OSError)
 _ITEMS = "SELECT id, message_data FROM agent_messages WHERE session_id = $1 ORDER BY id"
 _CUT_BEFORE = "DELETE FROM agent_messages WHERE session_id = $1 AND id < $2"
 
@@ -103,7 +106,7 @@ def async_url(url: str) -> str:
 
 
 class SqlBackend:
-    calls_suspend = True  # asyncpg (or aiosqlite's thread) answers over the loop
+    calls_suspend = True  # asyncpg answers over the loop
 
     def __init__(self, url: str, *, ttl: float, timeout: float) -> None:
         address = make_url(async_url(url))
@@ -111,12 +114,15 @@ class SqlBackend:
         if "search_path" in address.query:  # postgresql://...?search_path=s: asyncpg takes it as a server setting
             options["connect_args"]["server_settings"] = {"search_path": address.query["search_path"]}
             address = address.difference_update_query(["search_path"])
+        if address.get_driver_name() != "asyncpg":  # a turn's statements are asyncpg's (`_driver`)
+            raise ValueError(f"PostgreSQL sessions need the asyncpg driver, not {address.get_driver_name()!r}")
         self._engine: AsyncEngine = create_async_engine(address, **options)
         self.name = self._engine.dialect.name
         self._settings = SessionSettings()  # no limit: a read takes every item, and trimming bounds them
         self._ttl = ttl
         self._sweeper: asyncio.Task[None] | None = None
         self._tables = False
+        self._server_lost_at = 0.0  # time.monotonic() when a connection last showed the server gone
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweep")
@@ -170,15 +176,25 @@ class SqlBackend:
     async def _driver(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection's own asyncpg connection (the pool's limits and timeouts still hold).
 
-        SQLAlchemy invalidates a connection whose statement failed; statements sent past it must do
-        the same, so a connection that raised anything (a timeout cut it mid-statement, the server
-        went away) is closed and dropped from the pool rather than handed to the next chat.
+        What SQLAlchemy does for its own statements, done here for these: a connection that raised
+        anything (a timeout cut it mid-statement, the server went away) is closed and dropped from
+        the pool, not handed to the next chat; and once one shows the server was lost (a restart, a
+        failover), every connection pooled before that is replaced at its next checkout, so one
+        chat's call fails rather than one per pooled connection.
         """
         async with self._engine.connect() as connection:
-            driver = cast(asyncpg.Connection, (await connection.get_raw_connection()).driver_connection)
+            raw = await connection.get_raw_connection()
+            while raw.info.setdefault("opened_at", time.monotonic()) < self._server_lost_at:
+                await connection.invalidate()  # pooled before the server was lost: gone with it
+                raw = await connection.get_raw_connection()  # the next pooled one, or a new one
+            driver = cast(asyncpg.Connection, raw.driver_connection)
             try:
                 yield driver
-            except BaseException:
+            except BaseException as error:
+                if not isinstance(error, asyncio.CancelledError | TimeoutError) and (
+                    isinstance(error, _SERVER_LOST) or driver.is_closed()
+                ):
+                    self._server_lost_at = time.monotonic()
                 await connection.invalidate()
                 raise
 
