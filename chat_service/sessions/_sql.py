@@ -55,6 +55,7 @@ _SESSIONS = table("agent_sessions", column("session_id"), column("updated_at"))
 # switch per call. Measured here (bench_sessions, a turn that takes, reads, stores and trims): 5.2-6.0
 # ms of this process's CPU per turn through SQLAlchemy Core, 2.2-2.4 ms with these. SQLAlchemy
 # still creates the tables, sweeps, and reads `GET /sessions` through the SDK's session.
+
 # Taken when free, expired, or already ours (a retried take whose reply was lost is not locked out).
 _TAKE = (
     "INSERT INTO chat_session_locks (key, token, expires_at) VALUES ($1, $2, $3) "
@@ -80,11 +81,13 @@ _CLAIM = (
 _RECORD = "SELECT token, fingerprint, reply FROM chat_idempotency WHERE key = $1"
 _FINISH = "UPDATE chat_idempotency SET reply = $3, expires_at = $4 WHERE key = $1 AND token = $2"
 _FORGET = "DELETE FROM chat_idempotency WHERE key = $1 AND token = $2"
-# Errors that say the server or the connection to it is gone (08: connection exceptions; 57:
-# operator intervention, such as the admin shutdown of a restart).
-_SERVER_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, OSError)
 _ITEMS = "SELECT id, message_data FROM agent_messages WHERE session_id = $1 ORDER BY id"
 _CUT_BEFORE = "DELETE FROM agent_messages WHERE session_id = $1 AND id < $2"
+
+# Errors that say the server or the connection to it is gone (08: connection exceptions; 57:
+# operator intervention, such as the admin shutdown of a restart; `TimeoutError`, an `OSError`,
+# is told apart in `SqlBackend._driver`).
+_SERVER_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, OSError)
 
 
 async def _trim(connection: asyncpg.Connection, key: str, keep: int) -> None:
