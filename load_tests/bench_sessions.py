@@ -94,8 +94,20 @@ async def added_per_chat(rounds: int, per_round: int, sessions: int) -> None:
     print(f"added by sessions, p50: {(p50_on - p50_off) * 1e3:.3f} ms (goal <= 1 ms)")
 
 
-async def _sqlite_conversations(resources: AsyncExitStack, url: str, max_items: int) -> Conversations:
-    """Conversations on a store (a SQLite file unless told) with generous timeouts: the benchmark measures work, not waits."""
+async def _sqlite_conversations(
+    resources: AsyncExitStack, url: str, max_items: int, failures: list[str] | None = None
+) -> Conversations:
+    """Conversations on a store (a SQLite file unless told) with generous timeouts: the benchmark measures work, not waits.
+
+    Each store failure is printed, and appended to `failures` when given: a turn that failed did
+    less work, so a run with failures must not pass for a fast one.
+    """
+
+    def failed(operation: str, reason: str) -> None:
+        print("store failure", operation, reason)
+        if failures is not None:
+            failures.append(operation)
+
     return await open_conversations(
         resources,
         url=url,
@@ -105,7 +117,7 @@ async def _sqlite_conversations(resources: AsyncExitStack, url: str, max_items: 
         lock_wait=30,
         run_deadline=30,
         idempotency_ttl=3600,
-        on_failure=lambda op, reason: print("store failure", op, reason),
+        on_failure=failed,
     )
 
 
@@ -173,11 +185,11 @@ async def trim_cost(sessions: int, turns: int) -> None:
         )
 
 
-async def _turns_on(url: str, sessions: int, turns: int) -> tuple[list[float], float]:
+async def _turns_on(url: str, sessions: int, turns: int, failures: list[str]) -> tuple[list[float], float]:
     """Wall seconds of each timed turn, and CPU seconds per turn, on the store at `url`."""
     prefix = uuid.uuid4().hex[:8]
     async with AsyncExitStack() as resources:
-        conversations = await _sqlite_conversations(resources, url, 10)
+        conversations = await _sqlite_conversations(resources, url, 10, failures)
         for n in range(sessions):  # every conversation at its limit first: each timed close trims
             for t in range(5):
                 async with conversations.turn(f"{prefix}-{n}", "s") as turn:
@@ -205,8 +217,9 @@ async def per_store(stores: list[str], sessions: int, turns: int) -> None:
                 async with _postgres(store) as connection:
                     await connection.execute(f"CREATE SCHEMA {schema}")
                 url = f"{store}?search_path={schema}"
+            failures: list[str] = []
             try:
-                walls, cpu = await _turns_on(url, sessions, turns)
+                walls, cpu = await _turns_on(url, sessions, turns, failures)
             finally:
                 if schema is not None:
                     async with _postgres(store) as connection:
@@ -214,6 +227,7 @@ async def per_store(stores: list[str], sessions: int, turns: int) -> None:
         print(
             f"a turn on {store.split(':')[0]}: wall p50 {statistics.median(walls) * 1e6:.0f} us, "
             f"p99 {_p99(walls) * 1e6:.0f} us, CPU {cpu * 1e6:.0f} us ({len(walls)} turns, each trimming to 10 items)"
+            + (f"; {len(failures)} STORE FAILURES: not comparable" if failures else "")
         )
 
 
