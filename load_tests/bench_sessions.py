@@ -94,7 +94,7 @@ async def added_per_chat(rounds: int, per_round: int, sessions: int) -> None:
     print(f"added by sessions, p50: {(p50_on - p50_off) * 1e3:.3f} ms (goal <= 1 ms)")
 
 
-async def _sqlite_conversations(
+async def _store_conversations(
     resources: AsyncExitStack, url: str, max_items: int, failures: list[str] | None = None
 ) -> Conversations:
     """Conversations on a store (a SQLite file unless told) with generous timeouts: the benchmark measures work, not waits.
@@ -125,7 +125,7 @@ async def bounded_at_scale(concurrent: int, turns: int, max_items: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sessions.sqlite3"
         async with AsyncExitStack() as resources:
-            conversations = await _sqlite_conversations(resources, f"sqlite:///{path}", max_items)
+            conversations = await _store_conversations(resources, f"sqlite:///{path}", max_items)
 
             async def converse(n: int) -> None:
                 for t in range(turns):
@@ -158,7 +158,7 @@ async def _closes(max_items: int, sessions: int, turns: int) -> tuple[list[float
     """Per-turn and per-close seconds of `turns` turns in each of `sessions` conversations of 100 items."""
     with tempfile.TemporaryDirectory() as tmp:
         async with AsyncExitStack() as resources:
-            conversations = await _sqlite_conversations(resources, f"sqlite:///{tmp}/sessions.sqlite3", max_items)
+            conversations = await _store_conversations(resources, f"sqlite:///{tmp}/sessions.sqlite3", max_items)
             for t in range(50):
                 for n in range(sessions):
                     async with conversations.turn(f"user{n}", "s") as turn:
@@ -189,7 +189,7 @@ async def _turns_on(url: str, sessions: int, turns: int, failures: list[str]) ->
     """Wall seconds of each timed turn, and CPU seconds per turn, on the store at `url`."""
     prefix = uuid.uuid4().hex[:8]
     async with AsyncExitStack() as resources:
-        conversations = await _sqlite_conversations(resources, url, 10, failures)
+        conversations = await _store_conversations(resources, url, 10, failures)
         for n in range(sessions):  # every conversation at its limit first: each timed close trims
             for t in range(5):
                 async with conversations.turn(f"{prefix}-{n}", "s") as turn:

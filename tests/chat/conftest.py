@@ -92,6 +92,16 @@ async def backend(store_url) -> AsyncIterator[Backend]:
 
 
 @pytest.fixture
+async def redis_backend() -> AsyncIterator[Backend]:
+    """The Redis store alone (for what only Redis does), closed afterwards."""
+    store = make_backend(REDIS_URL, ttl=3600, timeout=5.0)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
 async def analytics_transport(tmp_path) -> AsyncIterator[httpx.AsyncBaseTransport]:
     async with running_analytics(tmp_path) as transport:
         yield transport

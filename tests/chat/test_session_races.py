@@ -22,9 +22,6 @@ from chat_service.sessions import Conversations
 from chat_service.sessions._backend import Backend, IdempotencyRecord
 from chat_service.sessions._guarded import Guarded
 from chat_service.sessions._keys import holder_token
-from chat_service.sessions._open import make_backend
-
-from ..conftest import REDIS_URL
 
 ROUNDS = 40
 LEASE = 600.0
@@ -148,10 +145,10 @@ async def test_a_close_applied_whose_reply_was_lost_is_stored_once(backend: Back
 
 
 @pytest.mark.redis
-async def test_a_redis_close_whose_store_was_applied_but_its_reply_lost_stores_the_turn_once(monkeypatch) -> None:
+async def test_a_redis_close_whose_store_was_applied_but_its_reply_lost_stores_the_turn_once(redis_backend, monkeypatch) -> None:
     """Redis closes in steps: the store (and its mark on the lock), the trim, the unlock. The store
     is applied and its reply lost: the retry finds the mark, stores nothing again and unlocks."""
-    backend = make_backend(REDIS_URL, ttl=3600, timeout=5.0)
+    backend = redis_backend
     store_turn, lost = backend._store_turn, []  # type: ignore[attr-defined]
 
     async def applied_then_reply_lost(**kwargs: Any) -> Any:
@@ -162,26 +159,23 @@ async def test_a_redis_close_whose_store_was_applied_but_its_reply_lost_stores_t
         return answer
 
     monkeypatch.setattr(backend, "_store_turn", applied_then_reply_lost)
-    try:
-        conversations = _conversations(backend)
-        user = f"u-{uuid.uuid4().hex[:8]}"
-        turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-        async with conversations.turn(user, "s-1") as taken:
-            await taken.complete(list(turn))
-        await conversations.drain()
-        async with conversations.turn(user, "s-1") as again:  # unlocked by the retry, not by the lease
-            stored = [{k: v for k, v in item.items() if k != "_turn_at"} for item in again.history]
-    finally:
-        await backend.close()
+    conversations = _conversations(backend)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    async with conversations.turn(user, "s-1") as taken:
+        await taken.complete(list(turn))
+    await conversations.drain()
+    async with conversations.turn(user, "s-1") as again:  # unlocked by the retry, not by the lease
+        stored = [{k: v for k, v in item.items() if k != "_turn_at"} for item in again.history]
     assert lost == [1] and stored == turn
 
 
 @pytest.mark.redis
-async def test_a_redis_trim_after_the_lease_passed_on_cuts_nothing_of_the_next_run(monkeypatch) -> None:
+async def test_a_redis_trim_after_the_lease_passed_on_cuts_nothing_of_the_next_run(redis_backend, monkeypatch) -> None:
     """Redis counts a trim's cut from a read after the store, then cuts: if the lease passes to
     another run in between, and that run stores and trims its own turn, the late cut must not
     land on the shortened list (it would delete the next run's turn)."""
-    backend = make_backend(REDIS_URL, ttl=3600, timeout=5.0)
+    backend = redis_backend
     key = f"u-{uuid.uuid4().hex[:8]}:s-1"
 
     def turn(n: int) -> list[dict[str, str]]:
@@ -198,27 +192,24 @@ async def test_a_redis_trim_after_the_lease_passed_on_cuts_nothing_of_the_next_r
             await backend.close_turn(key, "next", turn(4), 2)  # stores its turn and keeps only it
         return first
 
-    try:
-        for n in (1, 2):
-            assert await backend.open_turn(key, f"run-{n}", LEASE) == [item for m in range(1, n) for item in turn(m)]
-            await backend.close_turn(key, f"run-{n}", turn(n), None)
-        assert await backend.open_turn(key, "late", 0.2) is not None
-        monkeypatch.setattr(backend, "_first_kept", lease_passes_meanwhile)
-        await backend.close_turn(key, "late", turn(3), 2)
-        monkeypatch.undo()
-        history = await backend.open_turn(key, "reader", LEASE)
-        await backend.close_turn(key, "reader", None, None)
-    finally:
-        await backend.close()
+    for n in (1, 2):
+        assert await backend.open_turn(key, f"run-{n}", LEASE) == [item for m in range(1, n) for item in turn(m)]
+        await backend.close_turn(key, f"run-{n}", turn(n), None)
+    assert await backend.open_turn(key, "late", 0.2) is not None
+    monkeypatch.setattr(backend, "_first_kept", lease_passes_meanwhile)
+    await backend.close_turn(key, "late", turn(3), 2)
+    monkeypatch.undo()
+    history = await backend.open_turn(key, "reader", LEASE)
+    await backend.close_turn(key, "reader", None, None)
     assert passed == [4] and history == turn(4)  # the late cut, counted on its 6 items, was at 4
 
 
 @pytest.mark.redis
-async def test_a_redis_turn_on_keys_of_the_wrong_type_fails_before_it_writes_anything() -> None:
+async def test_a_redis_turn_on_keys_of_the_wrong_type_fails_before_it_writes_anything(redis_backend) -> None:
     """Redis runs a script's writes up to its first error and keeps them: each script checks (or
     reads) every key it writes before its first write, so a corrupted key space fails a take or a
     close without a lock left behind or a turn half-written."""
-    backend = make_backend(REDIS_URL, ttl=3600, timeout=5.0)
+    backend = redis_backend
     key = f"u-{uuid.uuid4().hex[:8]}:s-1"
     lock, meta, messages = f"chat:lock:{key}", f"chat:session:{key}", f"chat:session:{key}:messages"
     redis = backend._redis  # type: ignore[attr-defined]
@@ -235,4 +226,3 @@ async def test_a_redis_turn_on_keys_of_the_wrong_type_fails_before_it_writes_any
         assert await redis.exists(meta) == 0 and await redis.get(lock) == b"run"  # not marked stored
     finally:
         await redis.delete(lock, messages)
-        await backend.close()
