@@ -75,7 +75,7 @@ class AdmissionSettings(BaseModel):
     max_limit: int = Field(500, ge=1, description="Ceiling of the adaptive limit")
     initial_limit: int = Field(32, ge=1, description="The limit to start from, before any latency without load was measured")
     latency_tolerance: float = Field(0.5, ge=0, description="Latency above the no-load latency that is not queueing")
-    latency_allowance: float = Field(0.0, ge=0, description="Seconds of queueing here accepted on top of the tolerance")
+    latency_allowance: float = Field(0.02, ge=0, description="Seconds of queueing here accepted on top of the tolerance")
     congested_lag: float = Field(0.002, ge=0, description="Event-loop lateness, seconds, from which latency counts as queueing")
     probe_interval: float = Field(60.0, gt=0, description="Seconds between measurements of the no-load latency")
     queue_timeout: float = Field(0.1, ge=0, description="Longest wait for a slot, seconds; 0 refuses instead of queueing")

@@ -18,6 +18,7 @@ It is counted as the middleware counts it (`on_event("queue_full")` and the requ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -94,6 +95,7 @@ class ShedGate:
             retry_after,
         )
         self._body = body
+        self._passed = 0  # let through in this pass of the loop, not yet asking for a slot
 
     def sheds(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Refusal | None:
         """A `Refusal` if this request is to be refused now, else None (serve it as usual).
@@ -102,14 +104,33 @@ class ShedGate:
         the app, whose middleware decides on the decoded path.
         """
         route = self._routes.get((method, path))
-        if route is None or not self._limiter.would_shed():
+        if route is None:
             return None
+        if self._limiter.would_shed(self._passed) and not self._left_to_the_app(headers):
+            return Refusal(self, route)
+        self._let_through()
+        return None
+
+    def _left_to_the_app(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         for name, value in headers:
             if name == b"origin":
-                return None
+                return True
             if name == b"content-length" and self._max_body is not None and _over(value, self._max_body):
-                return None
-        return Refusal(self, route)
+                return True
+        return False
+
+    def _let_through(self) -> None:
+        # The requests read in one pass of the loop are all asked about before any of them runs
+        # and takes its slot (their tasks start in the next pass). Counting them here keeps the
+        # door from letting a whole batch through for one free slot, to be refused later by the
+        # middleware at several times the cost. The count is forgotten before those tasks run
+        # (scheduled ahead of them): from then on they hold slots of their own.
+        if not self._passed:
+            asyncio.get_running_loop().call_soon(self._forget_passed)
+        self._passed += 1
+
+    def _forget_passed(self) -> None:
+        self._passed = 0
 
     def _answer(self, route: _Route, started: float, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         self._on_event("queue_full")

@@ -104,13 +104,17 @@ class Limiter:
         self._in_flight += 1
         return Permit(self, now, self._in_flight <= self.policy.min_limit)
 
-    def would_shed(self) -> bool:
+    def would_shed(self, ahead: int = 0) -> bool:
         """Whether a request arriving now would be refused at once (`queue_full`); no side effects.
 
         The same decision as `try_acquire` then `enqueue`, without taking a slot or starting the
-        lag timer: the server's protocol asks it before building a request (`ShedGate`).
+        lag timer: the server's protocol asks it before building a request (`ShedGate`). `ahead`
+        counts requests let through that have not asked for their slot yet: they come first.
         """
-        return (bool(self._waiters) or self._in_flight >= self._gradient.limit) and not self._worth_queueing()
+        in_line = self._in_flight + ahead
+        if not self._waiters and in_line < self._gradient.limit:
+            return False
+        return not self._worth_queueing(ahead if self._waiters else in_line - self._gradient.limit)
 
     def refused_at_door(self) -> None:
         """The server refused a request on `would_shed` without asking for a slot: demand the limit held back.
@@ -149,10 +153,11 @@ class Limiter:
                 place.result().release(completed=False)  # handed a slot while being cancelled
             raise
 
-    def _worth_queueing(self) -> bool:
-        if len(self._waiters) >= self.policy.queue_max or self.policy.queue_timeout == 0:
+    def _worth_queueing(self, ahead: int = 0) -> bool:
+        waiting = len(self._waiters) + ahead
+        if waiting >= self.policy.queue_max or self.policy.queue_timeout == 0:
             return False
-        expected_wait = (len(self._waiters) + 1) * self._latency / max(self._gradient.limit, 1)
+        expected_wait = (waiting + 1) * self._latency / max(self._gradient.limit, 1)
         # Half the deadline: the estimate is an average, and a request that waits in vain costs
         # its client the whole deadline for a refusal it could have had at once.
         return expected_wait <= self.policy.queue_timeout / 2

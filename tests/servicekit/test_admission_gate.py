@@ -258,6 +258,32 @@ async def test_pipelined_requests_are_answered_in_order(server):
     assert server.shed_counts() == (2, 2)
 
 
+async def test_requests_read_together_with_one_slot_free_are_refused_at_the_door_but_one(server):
+    # Read in one pass of the loop, both are asked about before either runs and takes the slot:
+    # without counting the first, the door would let both in and the middleware refuse the second.
+    async with connection(server.port) as (reader_1, writer_1), connection(server.port) as (reader_2, writer_2):
+        for reader, writer in ((reader_1, writer_1), (reader_2, writer_2)):
+            writer.write(GET_HEALTHZ)  # both accepted and read by the server before the test proper
+            assert (await read_answer(reader)).status == 200
+        writer_1.write(post({"n": 1, "hold": True}))
+        writer_2.write(post({"n": 2}))
+        assert (await read_answer(reader_2)).status == 503
+        assert server.reached_app == ["GET /healthz", "GET /healthz", "POST /work"] and server.shed_counts() == (1, 1)
+        assert server.limiter.in_flight == 1  # the first holds the slot
+        server.release.set()
+        assert (await read_answer(reader_1)).status == 200
+
+
+async def test_a_request_let_through_that_never_asks_for_a_slot_leaves_no_slot_taken(server):
+    async with connection(server.port) as (reader, writer):
+        writer.write(post({"text": "x" * MAX_BODY}))  # let through to the app, which answers 413 before admission
+        assert (await read_answer(reader)).status == 413
+        writer.write(post({"n": 2}))
+        served = await read_answer(reader)
+        assert (served.status, json.loads(served.body)) == (200, {"done": "2"})
+    assert server.shed_counts() == (0, 0)
+
+
 @pytest.mark.parametrize("server", [0.3], indirect=True)
 async def test_a_request_pipelined_behind_a_refusal_is_not_cut_off_by_the_keep_alive_timeout(server):
     held = server.limiter.try_acquire()

@@ -160,6 +160,20 @@ async def test_without_a_queue_would_shed_is_exactly_a_full_limit():
     assert not lim.would_shed()
 
 
+async def test_would_shed_counts_requests_let_through_that_have_not_asked_yet_as_ahead_of_this_one():
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=3, min_limit=1, queue_timeout=0)
+    held = lim.try_acquire()
+    assert held is not None
+    assert not lim.would_shed(ahead=1)  # one slot of the three left for this one
+    assert lim.would_shed(ahead=2)
+    queueing = limiter(clock, initial_limit=2, min_limit=1, queue_timeout=0.1)
+    run_batch(queueing, clock, 2, 0.04)  # 20 ms per place in line: two places fit half the deadline
+    assert not queueing.would_shed(ahead=3)  # full once they take theirs, then the second place in line
+    assert queueing.would_shed(ahead=4)  # the third: past half the deadline
+    held.release(completed=False)
+
+
 async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot_is_not_lost():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=1, min_limit=1)
