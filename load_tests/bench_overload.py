@@ -135,7 +135,7 @@ def run_round(
         capacity = _capacity(chat.url, args.capacity_seconds, args.connections)
         _wait_drained(chat)
         counted_before, rss_before, dropped_before = counted_messages(db), rss_kib(chat.pid), _dropped(chat.url)
-        rate = args.factor * capacity
+        rate = args.rate or args.factor * capacity
         trace: list[dict[str, float]] = []
         stop = threading.Event()
         tracer = threading.Thread(target=_trace, args=(chat.url, stop, trace), daemon=True)
@@ -217,6 +217,12 @@ def _timeline(requests: list[list[float]], step: float = 0.5) -> list[dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factor", type=float, default=3.0, help="offered load as a multiple of the capacity")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many requests a second instead of --factor x C: variants compared under the same load",
+    )
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=5.0, help="client timeout, seconds")
     parser.add_argument("--connections", type=int, default=32, help="closed-loop connections (capacity, after)")

@@ -52,7 +52,6 @@ async def chat(
     idempotency_key: IdempotencyKey = None,
 ) -> ChatReply:
     """Answer a message in its conversation, personalized with how many messages the user sent."""
-    await asyncio.sleep(0)  # a slice of the loop per phase: see ChatTurns.begin
     turns.check(message, caller)
     conversations = turns.conversations
     user_id = message.user_id  # the token's subject when auth is on
@@ -65,7 +64,7 @@ async def chat(
         turn = await turns.begin(message)
         # One run at a time per conversation; the turn is stored only if the reply completes.
         async with conversations.turn(user_id, message.conversation_id) as held:
-            await asyncio.sleep(0)  # the next slice: the run
+            await asyncio.sleep(0)  # the next slice: the run (see ChatTurns.begin)
             reply = await turns.run(turn, history=held.history)
             answer = await turns.record(request, turn, reply, record_id=claim.record_id)
             await held.complete(reply.items)

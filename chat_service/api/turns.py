@@ -100,11 +100,12 @@ class ChatTurns:
             if not decision.allowed:
                 raise HTTPException(429, "Too many messages", headers={"Retry-After": str(decision.retry_after)})
 
-        # Each phase of a chat (parsing and checks, the analytics read, the run, the recording)
-        # ends with a return to the event loop. Run whole, a chat's CPU (~1.5-2 ms) came in
-        # slices of 0.5-1 ms, and a request refused at the door waits for the loop's current
-        # pass: with 10-30 chats in flight that was 5-15 ms. In slices of at most ~0.3 ms, the
-        # pass is a third as long, for a few microseconds a yield (docs/overload.md, stop 27).
+        # A chat returns to the event loop after its parsing and checks, and again before its
+        # run (chat.py): with the analytics read and the outbox's append, which wait anyway, its
+        # CPU (~1.2-1.8 ms) comes in five slices of at most ~0.35 ms instead of three of up to
+        # 0.9 ms. A request refused at the door waits for the loop's current pass, and with
+        # 10-30 chats in flight a pass made of whole slices was 5-15 ms: shorter slices keep
+        # refusals fast with more in flight (docs/overload.md, stop 27).
         await asyncio.sleep(0)
         count = await self.analytics.message_count(message.user_id)
         self.metrics.analytics_calls.labels("read", count.fallback or "ok").inc()

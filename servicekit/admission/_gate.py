@@ -101,7 +101,9 @@ class ShedGate:
         """A `Refusal` if this request is to be refused now, else None (serve it as usual).
 
         `path` is the raw one, without the query: a %-encoded path is not matched and goes on to
-        the app, whose middleware decides on the decoded path.
+        the app, whose middleware decides on the decoded path. Called by the server's protocol,
+        on the running loop: a work-route request let through is counted until the loop's next
+        pass (`_let_through`).
         """
         route = self._routes.get((method, path))
         if route is None:
@@ -124,7 +126,10 @@ class ShedGate:
         # and takes its slot (their tasks start in the next pass). Counting them here keeps the
         # door from letting a whole batch through for one free slot, to be refused later by the
         # middleware at several times the cost. The count is forgotten before those tasks run
-        # (scheduled ahead of them): from then on they hold slots of their own.
+        # (scheduled ahead of them): from then on they hold slots of their own, if their bodies
+        # came with their headers (one whose body comes later asks for its slot only then, as
+        # before). An eager task factory (Python 3.12+) would take the slot at once and be
+        # counted twice for one pass; uvicorn on 3.11 creates plain tasks.
         if not self._passed:
             asyncio.get_running_loop().call_soon(self._forget_passed)
         self._passed += 1

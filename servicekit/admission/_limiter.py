@@ -114,7 +114,9 @@ class Limiter:
         in_line = self._in_flight + ahead
         if not self._waiters and in_line < self._gradient.limit:
             return False
-        return not self._worth_queueing(ahead if self._waiters else in_line - self._gradient.limit)
+        # Those ahead that find no free slot queue before this one (all of them, once the limit
+        # is below what runs: a cut limit frees no slot until enough have finished).
+        return not self._worth_queueing(ahead if self._waiters else in_line - max(self._in_flight, self._gradient.limit))
 
     def refused_at_door(self) -> None:
         """The server refused a request on `would_shed` without asking for a slot: demand the limit held back.

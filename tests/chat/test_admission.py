@@ -51,7 +51,7 @@ async def test_a_body_refused_as_too_large_is_not_counted_as_a_client_that_left(
 async def test_a_chat_gives_the_event_loop_back_before_its_analytics_read(chat_with):
     # Under overload the server answers a refusal at the door only when the event loop comes
     # round to it: a chat's CPU run in one piece would hold every refusal behind it. The loop must
-    # get its turn between the chat's parsing, its checks and its analytics read.
+    # get its turn between the chat's parsing and checks and its analytics read.
     passes = 0
     at_read: list[int] = []
 
@@ -76,4 +76,4 @@ async def test_a_chat_gives_the_event_loop_back_before_its_analytics_read(chat_w
         stop.set()
         await ticker
     assert answer.status_code == 200
-    assert at_read[0] - start >= 2
+    assert at_read[0] - start >= 1

@@ -174,6 +174,37 @@ async def test_would_shed_counts_requests_let_through_that_have_not_asked_yet_as
     held.release(completed=False)
 
 
+def _ask(lim: Limiter) -> tuple[str, object]:
+    """One request as the middleware makes it: a slot, else a place in the queue, else shed."""
+    permit = lim.try_acquire()
+    if permit is not None:
+        return "slot", permit
+    try:
+        return "queued", lim.enqueue()
+    except Shed:
+        return "shed", None
+
+
+@pytest.mark.parametrize("state", ["free slots", "queued", "limit cut below what runs"])
+async def test_would_shed_with_others_ahead_says_what_their_requests_then_meet(state):
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=4, min_limit=1, queue_timeout=0.1)
+    run_batch(lim, clock, 4, 0.04)  # a measured service time: a few places in line fit the deadline
+    asked = [_ask(lim) for _ in range({"free slots": 2, "queued": lim.limit + 2, "limit cut below what runs": lim.limit}[state])]
+    if state == "limit cut below what runs":
+        assert lim.in_flight == lim.limit == 4 and lim.queued == 0
+        lim._gradient._limit = 2.0  # as under overload: no slot frees until three have finished
+    predicted = [lim.would_shed(ahead=k) for k in range(12)]
+    asked += [_ask(lim) for _ in range(12)]
+    assert predicted == [outcome == "shed" for outcome, _ in asked[-12:]]
+    assert predicted[0] is False and predicted[-1] is True  # both answers occur in every state
+    for outcome, held in asked:
+        if outcome == "slot":
+            held.release(completed=False)
+        elif outcome == "queued":
+            held.cancel()
+
+
 async def test_a_request_that_leaves_the_queue_frees_its_place_and_a_handed_slot_is_not_lost():
     clock = FakeClock()
     lim = limiter(clock, initial_limit=1, min_limit=1)
@@ -458,7 +489,9 @@ def test_queueing_within_the_latency_allowance_does_not_lower_the_limit():
 
 
 def test_without_an_allowance_the_same_queueing_lowers_the_limit():
-    assert AdmissionPolicy().latency_allowance == 0  # the default: fast refusals over goodput (docs/overload.md)
+    # The library's default: a service whose requests run whole pays for an allowance in slower
+    # refusals. Chat, whose work comes in slices, sets 20 ms (docs/overload.md, stop 27).
+    assert AdmissionPolicy().latency_allowance == 0
     clock = FakeClock()
     lim = limiter(clock, initial_limit=30, min_limit=3, probe_samples=5)
     probe(lim, clock, 0.002)
