@@ -22,6 +22,7 @@ class LoopLag:
         self.on_tick: Callable[[], None] | None = None  # called after each reading (metrics refresh)
         self._worst = 0.0
         self.last = 0.0  # the worst lateness of the previous window, for the metrics
+        self.latest = 0.0  # the lateness of the latest reading: how long a request read now has waited
         self._timer: Timer | None = None
         self._due = 0.0
 
@@ -39,7 +40,8 @@ class LoopLag:
         self._timer = self._clock.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
-        self._worst = max(self._worst, self._clock.monotonic() - self._due)
+        self.latest = self._clock.monotonic() - self._due
+        self._worst = max(self._worst, self.latest)
         self._schedule()
         if self.on_tick is not None:
             self.on_tick()
@@ -50,6 +52,7 @@ class LoopLag:
         return self.last
 
     def stop(self) -> None:
+        self.latest = 0.0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -49,6 +49,11 @@ class _Waiter:
         self.deadline = deadline
 
 
+# A loop this late has left what it reads waiting longer than any chat's own latency; a GC pause
+# or a neighbour's burst is a few tens of milliseconds.
+SWAMPED_READ_LAG = 0.25
+
+
 class Limiter:
     """An adaptive concurrency limit with a FIFO queue whose wait is bounded twice.
 
@@ -98,7 +103,7 @@ class Limiter:
         self.loop_lag.start()
         now = self._clock.monotonic()
         self._tick(now)
-        if self._waiters or self._in_flight >= self._gradient.limit:
+        if self._waiters or self._in_flight >= self._gradient.limit or self._swamped():
             self._gradient.held_back()
             return None
         self._in_flight += 1
@@ -111,6 +116,8 @@ class Limiter:
         lag timer: the server's protocol asks it before building a request (`ShedGate`). `ahead`
         counts requests let through that have not asked for their slot yet: they come first.
         """
+        if self._swamped():
+            return True
         in_line = self._in_flight + ahead
         if not self._waiters and in_line < self._gradient.limit:
             return False
@@ -155,9 +162,17 @@ class Limiter:
                 place.result().release(completed=False)  # handed a slot while being cancelled
             raise
 
+    def _swamped(self) -> bool:
+        # The loop ran its last timer this late: whatever it reads now has waited that long in the
+        # kernel, and after a stall most of it comes from clients about to give up. Admitted, such
+        # runs were cancelled by the thousand when their clients left, and the loop took seconds
+        # to come back (docs/overload.md, stop 27). Refused, the backlog clears at a door
+        # refusal's cost, and admission resumes at the first timer that runs on time.
+        return self.loop_lag.latest >= SWAMPED_READ_LAG
+
     def _worth_queueing(self, ahead: int = 0) -> bool:
         waiting = len(self._waiters) + ahead
-        if waiting >= self.policy.queue_max or self.policy.queue_timeout == 0:
+        if waiting >= self.policy.queue_max or self.policy.queue_timeout == 0 or self._swamped():
             return False
         expected_wait = (waiting + 1) * self._latency / max(self._gradient.limit, 1)
         # Half the deadline: the estimate is an average, and a request that waits in vain costs

@@ -9,6 +9,7 @@ import pytest
 
 from servicekit.admission import AdmissionPolicy, Limiter, Permit, Shed
 from servicekit.admission._gradient import GradientLimit
+from servicekit.admission._limiter import SWAMPED_READ_LAG
 from servicekit.admission.testing import FakeClock
 
 
@@ -500,11 +501,11 @@ def test_without_an_allowance_the_same_queueing_lowers_the_limit():
 
 
 def test_a_swamped_loop_holds_the_limit_at_what_is_in_flight_so_the_excess_is_refused():
-    # A stall or a burst the loop cannot even read: timers run 300 ms late, 40 run of a limit of
-    # 100. Growing it (40 is more than half) admitted everything read, and nothing was refused.
+    # A burst the loop cannot even read: timers run 150 ms late, 40 run of a limit of 100.
+    # Growing it (40 is more than half) admitted everything read, and nothing was refused.
     clock = FakeClock()
     lim = limiter(clock, initial_limit=100, min_limit=3, probe_samples=5, queue_timeout=0)
-    clock.late_by = 0.3
+    clock.late_by = 0.15
     lim.try_acquire().release(completed=False)  # type: ignore[union-attr]  # starts the lag monitor
     clock.advance(1.2)
     run_batch(lim, clock, 40, 0.5)
@@ -515,6 +516,34 @@ def test_a_swamped_loop_holds_the_limit_at_what_is_in_flight_so_the_excess_is_re
     assert len(held) <= 40 and lim.would_shed()  # the excess is refused at the door
     for permit in held:
         permit.release(completed=False)
+
+
+async def test_what_a_loop_reads_this_late_is_refused_until_a_timer_runs_on_time_again():
+    # After a stall the loop reads requests that waited seconds in the kernel, most from clients
+    # about to give up: each one admitted was a run cancelled when its client left.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=10, min_limit=1, queue_timeout=0.1)
+    held = lim.try_acquire()  # starts the lag monitor, its first timer due on time
+
+    def next_timer_late_by(seconds: float) -> None:
+        pending = clock.late_by  # how late the timer already set will fire
+        clock.late_by = seconds
+        clock.advance(0.025 + pending)  # it fires, and sets the next one...
+        clock.advance(0.025 + seconds)  # ...which fires this late
+
+    assert held is not None
+    next_timer_late_by(SWAMPED_READ_LAG * 1.1)
+    assert lim.in_flight == 1 and lim.limit == 10
+    assert lim.would_shed() and lim.try_acquire() is None
+    with pytest.raises(Shed):
+        lim.enqueue()  # not queued either
+    next_timer_late_by(SWAMPED_READ_LAG * 0.9)  # late, not that late: a busy loop is served
+    assert not lim.would_shed()
+    next_timer_late_by(0.0)
+    permit = lim.try_acquire()
+    assert permit is not None and not lim.would_shed()
+    for taken in (held, permit):
+        taken.release(completed=False)
 
 
 @pytest.mark.parametrize(
