@@ -63,7 +63,7 @@ _GAUGES = re.compile(
 
 
 def _trace(url: str, stop: threading.Event, out: list[dict[str, float]]) -> None:
-    """Sample the admission and outbox gauges twice a second while the load runs (`--trace`)."""
+    """Sample the admission and outbox gauges, and what was not run, twice a second while the load runs (`--trace`)."""
     started = time.monotonic()
     while not stop.wait(0.5):
         try:
@@ -71,6 +71,7 @@ def _trace(url: str, stop: threading.Event, out: list[dict[str, float]]) -> None
         except httpx.HTTPError:
             continue
         sample = {name: float(value) for name, value in _GAUGES.findall(text)}
+        sample.update({f"not_run_{reason or 'cancelled'}": float(value) for _, reason, value in _SHED.findall(text)})
         out.append({"t": round(time.monotonic() - started, 1), **sample})
 
 
@@ -238,7 +239,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", help="chat setting for every round")
-    parser.add_argument("--trace", action="store_true", help="print the admission and outbox gauges twice a second")
+    parser.add_argument(
+        "--trace", action="store_true", help="print the admission and outbox gauges, and what was not run, twice a second"
+    )
     parser.add_argument("--timeline", action="store_true", help="add the 200s and 503s by the half-second they were sent in")
     parser.add_argument(
         "--stall",

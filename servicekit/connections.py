@@ -20,7 +20,9 @@ fails, and with uvloop not a line is logged.
 
 It is also admission's front door: when the lifespan state holds a `ShedGate`, a request the
 gate refuses gets its `503` written here, once its body has been read and discarded, without an
-ASGI scope, task or middleware (servicekit.admission._gate).
+ASGI scope, task or middleware (servicekit.admission._gate). The gate can ask how long the
+request's bytes waited in the kernel before the server read them (`read_wait`, from Linux's
+`TCP_INFO`): after a stall, that is seconds, and its client is about to give up.
 
 `raise_open_files_limit` lifts the soft descriptor limit to the hard one at start-up, and
 `watch_accept_errors` logs and counts the accept failures the stdlib loop reports.
@@ -33,6 +35,8 @@ import errno
 import functools
 import os
 import resource
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -158,6 +162,30 @@ def _response(status: bytes, body: bytes, *extra: bytes) -> bytes:
 _REQUEST_TIMEOUT = _response(b"408 Request Timeout", b'{"detail":"Request not received in time"}')
 _NO_DESCRIPTORS = _response(b"503 Service Unavailable", b'{"detail":"Too many connections"}', b"retry-after: 1")
 _STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
+# struct tcp_info: eight one-byte fields, then u32s; tcpi_last_data_recv is the twelfth (ms).
+_LAST_DATA_RECV = slice(52, 56)
+
+
+def _tcp_socket(transport: asyncio.BaseTransport) -> Any:
+    """The transport's socket if it is TCP and the kernel reports `TCP_INFO`, else None."""
+    sock = transport.get_extra_info("socket")
+    if _TCP_INFO is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock
+
+
+def _since_last_bytes(sock: Any) -> float:
+    """Seconds since the connection's latest bytes arrived (the kernel's `tcpi_last_data_recv`).
+
+    Read as a request's headers are parsed, it is how long the request waited in the kernel
+    before this process read it: nothing after a prompt read, the length of a stall after one.
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _LAST_DATA_RECV.stop)
+    except (OSError, ValueError):  # uvloop's socket raises ValueError once its handle is closed
+        return 0.0  # closed meanwhile: no answer will reach it anyway
+    return int.from_bytes(info[_LAST_DATA_RECV], sys.byteorder) / 1000
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -180,6 +208,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._idle = True  # no request between its first byte and its response
         self._reading_headers = False
         self._refusal: tuple[Refusal, bool] | None = None  # refused at the door (keep-alive?); body being discarded
+        self._tcp: Any = None  # the connection's socket, for how long a request waited in the kernel
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         assert self._cap is not None
@@ -190,6 +219,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        self._tcp = _tcp_socket(transport)
         self._arm_read_timer()
 
     def _make_room(self) -> bool:
@@ -228,12 +258,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.expect_100_continue or self.parser.should_upgrade():
             return False
         path = self.root_path.encode() + self.url.partition(b"?")[0]  # a %-encoded one is left to the app
-        refusal = gate.sheds(self.parser.get_method(), path, self.headers)
+        refusal = gate.sheds(self.parser.get_method(), path, self.headers, self._read_wait)
         if refusal is None:
             return False
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()  # as uvicorn
         self._refusal = (refusal, keep_alive)
         return True
+
+    def _read_wait(self) -> float | None:
+        return None if self._tcp is None else _since_last_bytes(self._tcp)
 
     def on_body(self, body: bytes) -> None:
         if self._refusal is None:

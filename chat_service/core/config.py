@@ -80,7 +80,18 @@ class AdmissionSettings(BaseModel):
     probe_interval: float = Field(60.0, gt=0, description="Seconds between measurements of the no-load latency")
     queue_timeout: float = Field(0.1, ge=0, description="Longest wait for a slot, seconds; 0 refuses instead of queueing")
     queue_max: int = Field(1000, ge=0)
+    max_read_wait: float = Field(
+        1.0, ge=0, description="Refuse a chat whose request waited this long, seconds, before chat read it; 0 never does"
+    )
     retry_after: int = Field(1, ge=0, description="Retry-After of a shed request, seconds")
+
+    @field_validator("max_read_wait")
+    @classmethod
+    def _measurable(cls, seconds: float) -> float:
+        # The kernel counts the wait in jiffies (up to 10 ms): below 0.1 s prompt reads would be refused.
+        if 0 < seconds < 0.1:
+            raise ValueError("must be 0 (off) or at least 0.1 seconds")
+        return seconds
 
     def to_policy(self) -> AdmissionPolicy:
         return AdmissionPolicy(

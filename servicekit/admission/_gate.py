@@ -11,9 +11,15 @@ built here. The middleware stays the second line: it still sheds what the gate l
 (queue timeouts, a slot taken meanwhile) and everything when no server asks the gate (tests
 through an in-process ASGI transport).
 
+The gate also refuses a work-route request that waited in the kernel longer than
+`max_read_wait` before the server read it (the protocol says how long: `read_wait`). After a
+stall, or while the loop is too busy to read, what it reads has waited seconds and its client is
+about to give up: run, it was cancelled mid-run by the thousand and kept the loop swamped;
+refused, the backlog clears at a refusal's cost (docs/overload.md, stop 28).
+
 The answer is the middleware's: `503`, `Retry-After`, the same JSON body and an `X-Request-ID`.
-It is counted as the middleware counts it (`on_event("queue_full")` and the request metrics'
-`503` for the route), and not logged per request: a flood must not flood the log.
+It is counted as the middleware counts it (`on_event("queue_full")`, or `"read_late"`, and the
+request metrics' `503` for the route), and not logged per request: a flood must not flood the log.
 """
 
 from __future__ import annotations
@@ -57,14 +63,15 @@ class _Route:
 class Refusal:
     """One request the gate refuses; `answer` once its body has been read (and discarded)."""
 
-    __slots__ = ("_gate", "_route", "_started")
+    __slots__ = ("_gate", "reason", "route", "started")
 
-    def __init__(self, gate: ShedGate, route: _Route) -> None:
-        self._gate, self._route, self._started = gate, route, time.perf_counter()
+    def __init__(self, gate: ShedGate, route: _Route, reason: str) -> None:
+        self._gate, self.route, self.started = gate, route, time.perf_counter()
+        self.reason = reason  # queue_full, or read_late
 
     def answer(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         """Counts the refusal; returns its header lines (each ending in CRLF) and its body."""
-        return self._gate._answer(self._route, self._started, headers)
+        return self._gate._answer(self, headers)
 
 
 class ShedGate:
@@ -73,6 +80,7 @@ class ShedGate:
     `routes` are the middleware's: (method, exact path). Left to the app, as before: a request
     that carries `Origin` (its CORS middleware must add its headers to any answer a browser may
     read) and one whose declared body is over `max_body_bytes` (it answers 413 whatever the load).
+    `max_read_wait`: refuse a request that waited this many seconds in the kernel (None: never).
     """
 
     def __init__(
@@ -84,8 +92,10 @@ class ShedGate:
         on_event: Callable[[str], None] | None = None,
         metrics: HttpMetrics | None = None,
         max_body_bytes: int | None = None,
+        max_read_wait: float | None = None,
     ) -> None:
         self._limiter = limiter
+        self._max_read_wait = max_read_wait
         self._max_body = max_body_bytes
         self._routes = {(method.encode("ascii"), path.encode("ascii")): _Route(method, path, metrics) for method, path in routes}
         self._on_event = on_event or (lambda _: None)
@@ -97,21 +107,35 @@ class ShedGate:
         self._body = body
         self._passed = 0  # let through in this pass of the loop, not yet asking for a slot
 
-    def sheds(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Refusal | None:
+    def sheds(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        read_wait: Callable[[], float | None] | None = None,
+    ) -> Refusal | None:
         """A `Refusal` if this request is to be refused now, else None (serve it as usual).
 
         `path` is the raw one, without the query: a %-encoded path is not matched and goes on to
-        the app, whose middleware decides on the decoded path. Called by the server's protocol,
-        on the running loop: a work-route request let through is counted until the loop's next
-        pass (`_let_through`).
+        the app, whose middleware decides on the decoded path. `read_wait` says how long the
+        request waited in the kernel (None: unknown); it is asked only for a work route that the
+        limiter would admit. Called by the server's protocol, on the running loop: a work-route
+        request let through is counted until the loop's next pass (`_let_through`).
         """
         route = self._routes.get((method, path))
         if route is None:
             return None
-        if self._limiter.would_shed(self._passed) and not self._left_to_the_app(headers):
-            return Refusal(self, route)
+        reason = "queue_full" if self._limiter.would_shed(self._passed) else self._late(read_wait)
+        if reason is not None and not self._left_to_the_app(headers):
+            return Refusal(self, route, reason)
         self._let_through()
         return None
+
+    def _late(self, read_wait: Callable[[], float | None] | None) -> str | None:
+        if self._max_read_wait is None or read_wait is None:
+            return None
+        waited = read_wait()
+        return "read_late" if waited is not None and waited >= self._max_read_wait else None
 
     def _left_to_the_app(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         for name, value in headers:
@@ -137,10 +161,11 @@ class ShedGate:
     def _forget_passed(self) -> None:
         self._passed = 0
 
-    def _answer(self, route: _Route, started: float, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
-        self._on_event("queue_full")
-        self._limiter.refused_at_door()
-        route.count(time.perf_counter() - started)
+    def _answer(self, refusal: Refusal, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        self._on_event(refusal.reason)
+        if refusal.reason == "queue_full":
+            self._limiter.refused_at_door()  # demand the limit held back (a late read says nothing of it)
+        refusal.route.count(time.perf_counter() - refusal.started)
         return self._head + request_id(headers).encode() + b"\r\n", self._body
 
 

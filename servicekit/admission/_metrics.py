@@ -30,7 +30,7 @@ class AdmissionMetrics:
         )
         self.shed = Counter(
             f"{prefix}_admission_shed_total",
-            "Requests not run: queue_full and queue_timeout answered 503, client_gone left while queued",
+            "Requests not run: queue_full, queue_timeout and read_late answered 503, client_gone left while queued",
             ["reason"],
             registry=registry,
         )

@@ -6,6 +6,9 @@ import asyncio
 
 import httpx
 import pytest
+from pydantic import ValidationError
+
+from chat_service.core.config import AdmissionSettings
 
 
 @pytest.mark.parametrize("path", ["/chat/", "/chat"])
@@ -77,3 +80,15 @@ async def test_a_chat_gives_the_event_loop_back_before_its_analytics_read(chat_w
         await ticker
     assert answer.status_code == 200
     assert at_read[0] - start >= 1
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.1, 1.0, 30.0])
+def test_max_read_wait_is_off_or_long_enough_for_the_kernel_to_measure(seconds):
+    assert AdmissionSettings(max_read_wait=seconds).max_read_wait == seconds
+
+
+@pytest.mark.parametrize("seconds", [0.001, 0.05, -1.0])
+def test_a_max_read_wait_the_kernel_cannot_measure_is_refused(seconds):
+    # The kernel counts the wait in jiffies: at 10 ms a prompt read could look late.
+    with pytest.raises(ValidationError):
+        AdmissionSettings(max_read_wait=seconds)

@@ -4,7 +4,9 @@ connections, and running out of file descriptors."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -48,8 +50,8 @@ def raw_chat(port: int, user: str, text: str) -> socket.socket:
 @dataclass
 class Stack:
     analytics: ServiceProcess
-    model: ServiceProcess
     chat: ServiceProcess
+    model: ServiceProcess | None = None
 
     def post(self, user: str, text: str = "hi", timeout: float = 20) -> httpx.Response:
         return httpx.post(self.chat.url + "/chat/", json={"user_id": user, "text": text}, timeout=timeout)
@@ -88,7 +90,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             CHAT_ADMISSION__QUEUE_MAX="1",
         )
         with ServiceProcess("chat_service.main:app", log_path=work / "chat.log", env=env) as chat:
-            yield Stack(analytics, model, chat)
+            yield Stack(analytics, chat, model)
 
 
 def in_background(call: Callable[[], httpx.Response]) -> tuple[threading.Thread, list[httpx.Response]]:
@@ -153,6 +155,34 @@ def test_clients_that_leave_are_neither_run_to_the_end_nor_counted(stack):
     assert stack.counted("gone-queued") == 0  # it never ran
     calls = httpx.get(stack.model.url + "/calls", timeout=5).json()
     assert calls["started"] > calls["finished"]  # the cancelled run hung up on the model
+
+
+def test_a_chat_left_waiting_in_the_kernel_by_a_stall_is_refused_and_not_counted(tmp_path):
+    # After a stall what chat reads has waited seconds, and its client is about to give up: it is
+    # refused at the door (CHAT_ADMISSION__MAX_READ_WAIT, default 1 s), not run to be cut off.
+    # A fresh chat: its loop-lag timer starts with the first admitted chat, so this stall is
+    # refused for the request's own wait, not for the loop's lateness (the other rule).
+    analytics = ServiceProcess(
+        "analytics_service.main:app", log_path=tmp_path / "analytics.log", env=analytics_env(f"sqlite:///{tmp_path}/a.sqlite3")
+    )
+    with analytics:
+        env = chat_env(analytics.url, tmp_path / "outbox.sqlite3")
+        with ServiceProcess("chat_service.main:app", log_path=tmp_path / "chat.log", env=env) as chat:
+            stack = Stack(analytics, chat)
+            os.kill(chat.pid, signal.SIGSTOP)
+            try:
+                stalled = raw_chat(chat.port, "stalled", "hi")
+                time.sleep(1.3)
+            finally:
+                os.kill(chat.pid, signal.SIGCONT)
+            with stalled:
+                stalled.settimeout(10)
+                answer = stalled.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in answer.lower()
+            assert metric(chat.url, 'chat_admission_shed_total{reason="read_late"}') == 1
+            assert stack.post("after-stall").status_code == 200  # read at once: served
+            stack.drained()
+            assert stack.counted("stalled") == 0 and stack.counted("after-stall") == 1
 
 
 def test_slow_and_silent_connections_are_closed_by_the_read_timeout(tmp_path):

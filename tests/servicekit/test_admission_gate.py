@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from servicekit.middleware import RequestContextMiddleware
 ROUTES = (("POST", "/work"),)
 SHED_BODY = json.dumps(OVERLOADED).encode()
 MAX_BODY = 1024
+MAX_READ_WAIT = 0.5
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Server:
     registry: CollectorRegistry
     reached_app: list[str] = field(default_factory=list)  # "METHOD path" of each request the app saw
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    max_read_wait: float | None = None
 
     def sample(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -67,7 +70,12 @@ def build(server: Server) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         gate = ShedGate(
-            server.limiter, routes=ROUTES, on_event=admission_metrics.on_event, metrics=http_metrics, max_body_bytes=MAX_BODY
+            server.limiter,
+            routes=ROUTES,
+            on_event=admission_metrics.on_event,
+            metrics=http_metrics,
+            max_body_bytes=MAX_BODY,
+            max_read_wait=server.max_read_wait,
         )
         yield {"admission": server.limiter, "admission_gate": gate}
 
@@ -102,13 +110,16 @@ def build(server: Server) -> ASGIApp:
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     """A limit of one and no queue: whoever holds the slot makes every other work request shed.
 
-    Parametrize indirectly with a keep-alive timeout in seconds (uvicorn's default, 5, otherwise).
+    Parametrize indirectly with a dict of `keep_alive` (seconds; uvicorn's default, 5, otherwise)
+    and `max_read_wait` (the gate's; off otherwise: a noisy machine must not make a test's
+    prompt request read late).
     """
     policy = AdmissionPolicy(min_limit=1, initial_limit=1, max_limit=1, queue_timeout=0)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    state = Server(sock.getsockname()[1], Limiter(policy), CollectorRegistry())
-    keep_alive = getattr(request, "param", 5)
+    options = getattr(request, "param", {})
+    state = Server(sock.getsockname()[1], Limiter(policy), CollectorRegistry(), max_read_wait=options.get("max_read_wait"))
+    keep_alive = options.get("keep_alive", 5)
     config = uvicorn.Config(
         build(state), http=GuardedHttpToolsProtocol, lifespan="on", log_level="warning", timeout_keep_alive=keep_alive
     )
@@ -274,6 +285,28 @@ async def test_requests_read_together_with_one_slot_free_are_refused_at_the_door
         assert (await read_answer(reader_1)).status == 200
 
 
+@pytest.mark.parametrize("server", [{"max_read_wait": MAX_READ_WAIT}], indirect=True)
+async def test_a_request_that_waited_in_the_kernel_past_max_read_wait_is_refused_at_the_door(server):
+    # The server shares this loop: blocking it leaves the requests in the kernel, as a stall does.
+    async with connection(server.port) as (reader, writer), connection(server.port) as (browser_reader, browser):
+        for each_reader, each_writer in ((reader, writer), (browser_reader, browser)):
+            each_writer.write(GET_HEALTHZ)  # both connections accepted and read before the test proper
+            assert (await read_answer(each_reader)).status == 200
+        writer.write(post({"n": 1}))  # the transport sends at once
+        browser.write(post({"n": 3}, "Origin: http://browser.example"))  # left to the app, late or not
+        time.sleep(MAX_READ_WAIT + 0.3)  # noqa: ASYNC251 - blocking the loop is the point
+        late, from_browser = await read_answer(reader), await read_answer(browser_reader)
+        writer.write(post({"n": 2}))
+        prompt = await read_answer(reader)
+    assert (late.status, late.body, late.headers["retry-after"]) == (503, SHED_BODY, "1")
+    assert (from_browser.status, json.loads(from_browser.body)) == (200, {"done": "3"})
+    assert (prompt.status, json.loads(prompt.body)) == (200, {"done": "2"})
+    assert sorted(server.reached_app).count("POST /work") == 2  # the late one never reached the app
+    assert server.sample("test_admission_shed_total", reason="read_late") == 1
+    assert server.shed_counts() == (0, 1)  # not a queue_full; a 503 for the route all the same
+    assert not server.limiter._gradient._held_back  # a late read says nothing about the limit
+
+
 async def test_a_request_let_through_that_never_asks_for_a_slot_leaves_no_slot_taken(server):
     async with connection(server.port) as (reader, writer):
         writer.write(post({"text": "x" * MAX_BODY}))  # let through to the app, which answers 413 before admission
@@ -284,7 +317,7 @@ async def test_a_request_let_through_that_never_asks_for_a_slot_leaves_no_slot_t
     assert server.shed_counts() == (0, 0)
 
 
-@pytest.mark.parametrize("server", [0.3], indirect=True)
+@pytest.mark.parametrize("server", [{"keep_alive": 0.3}], indirect=True)
 async def test_a_request_pipelined_behind_a_refusal_is_not_cut_off_by_the_keep_alive_timeout(server):
     held = server.limiter.try_acquire()
     assert held is not None
