@@ -78,10 +78,15 @@ def _trace(url: str, stop: threading.Event, out: list[dict[str, float]]) -> None
 _SHED = re.compile(r'^chat_admission_(shed_total\{reason="(\w+)"\}|cancelled_total) ([0-9.e+]+)$', re.MULTILINE)
 
 
+_CLOSED = re.compile(r'^chat_connections_closed_total\{reason="(\w+)"\} ([0-9.e+]+)$', re.MULTILINE)
+
+
 def _dropped(url: str) -> dict[str, int]:
-    """What admission did not run, by reason (client_gone, queue_full, queue_timeout, cancelled)."""
+    """What admission did not run, by reason (client_gone, queue_full, queue_timeout, read_late,
+    cancelled), and the connections the guard closed (`closed_idle_evicted`, `closed_refused`, ...)."""
     text = httpx.get(url + "/metrics", timeout=30).text
-    return {reason or "cancelled": int(float(value)) for _, reason, value in _SHED.findall(text)}
+    dropped = {reason or "cancelled": int(float(value)) for _, reason, value in _SHED.findall(text)}
+    return dropped | {f"closed_{reason}": int(float(value)) for reason, value in _CLOSED.findall(text)}
 
 
 def _wait_until_idle(chat: ServiceProcess, timeout: float = 120.0) -> float:
