@@ -409,15 +409,17 @@ async def test_shutdown_waits_for_a_cut_take_to_be_freed_through_its_slowest_ret
         # Short pauses, so that the store timeout's share of the worst case is what matters.
         monkeypatch.setattr(_conversations, "CLOSE_RETRIES", (0.01, 0.01, 0.01))
         monkeypatch.setattr(_conversations, "FREE_RETRIES", (0.0, 0.01, 0.01, 0.01))
-        conversations = conversations_on(backend, timeout=0.2)
+        conversations = conversations_on(backend, timeout=0.5)
         user = f"u-{uuid.uuid4().hex[:8]}"
         key = conversation_key(user, "s-1")
         held = hold_back(monkeypatch, backend, "open_turn")
-        frees = await frees_that_hang(monkeypatch, backend, hanging=3)  # each cut by the 0.2 s timeout
+        frees = await frees_that_hang(monkeypatch, backend, hanging=3)  # each cut by the 0.5 s timeout
         request = asyncio.ensure_future(history(conversations, user))
         await held.applied.wait()
         await client_leaves(request)
-        asyncio.get_running_loop().call_later(0.15, held.let_go.set)  # the take's reply, just within its timeout
+        # The take's reply, within its timeout by 0.25 s: a loop late by that much (a busy machine) would
+        # let the timeout win and the test fail for the wrong reason.
+        asyncio.get_running_loop().call_later(0.25, held.let_go.set)
         await conversations.drain()  # the shutdown
         assert len(frees) == 4  # three cut by the timeout, the fourth went through
         assert await backend.open_turn(key, "the-next-run", 30.0) == []  # free, not held for the lease
