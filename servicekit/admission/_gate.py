@@ -15,7 +15,9 @@ The gate also refuses a work-route request that waited in the kernel longer than
 `max_read_wait` before the server read it (the protocol says how long: `read_wait`). After a
 stall, or while the loop is too busy to read, what it reads has waited seconds and its client is
 about to give up: run, it was cancelled mid-run by the thousand and kept the loop swamped;
-refused, the backlog clears at a refusal's cost (docs/overload.md, stop 28).
+refused, the backlog clears at a refusal's cost (docs/overload.md, stop 28). Every late read is
+also reported to the limiter, refused for it or not: a backlog halves the limit, so the CPU
+drains it before serving more (`GradientLimit.read_late`).
 
 The answer is the middleware's: `503`, `Retry-After`, the same JSON body and an `X-Request-ID`.
 It is counted as the middleware counts it (`on_event("queue_full")`, or `"read_late"`, and the
@@ -118,24 +120,30 @@ class ShedGate:
 
         `path` is the raw one, without the query: a %-encoded path is not matched and goes on to
         the app, whose middleware decides on the decoded path. `read_wait` says how long the
-        request waited in the kernel (None: unknown); it is asked only for a work route that the
-        limiter would admit. Called by the server's protocol, on the running loop: a work-route
-        request let through is counted until the loop's next pass (`_let_through`).
+        request waited in the kernel (None: unknown); it is asked for every work-route request,
+        and a late one is reported to the limiter (`Limiter.read_late`). Called by the server's
+        protocol, on the running loop: a work-route request let through is counted until the
+        loop's next pass (`_let_through`).
         """
         route = self._routes.get((method, path))
         if route is None:
             return None
-        reason = "queue_full" if self._limiter.would_shed(self._passed) else self._late(read_wait)
+        # Asked of every work-route request (~2 µs), refused or not: a backlog in the kernel must
+        # lower the limit even while the door refuses everything it reads as queue_full.
+        late = self._late(read_wait)
+        if late:
+            self._limiter.read_late()
+        reason = "queue_full" if self._limiter.would_shed(self._passed) else "read_late" if late else None
         if reason is not None and not self._left_to_the_app(headers):
             return Refusal(self, route, reason)
         self._let_through()
         return None
 
-    def _late(self, read_wait: Callable[[], float | None] | None) -> str | None:
+    def _late(self, read_wait: Callable[[], float | None] | None) -> bool:
         if self._max_read_wait is None or read_wait is None:
-            return None
+            return False
         waited = read_wait()
-        return "read_late" if waited is not None and waited >= self._max_read_wait else None
+        return waited is not None and waited >= self._max_read_wait
 
     def _left_to_the_app(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         for name, value in headers:

@@ -28,7 +28,9 @@ while fewer than half of it were in use (Netflix's "app-limited" rule): an idle 
 otherwise drift to `max_limit` and admit a whole burst at once. And a limit stuck at `min_limit`
 for a second means latency rose for a reason no concurrency cap can fix (a slower model or
 dependency), so the no-load latency is probed again instead of shedding against a stale baseline
-until the next scheduled probe.
+until the next scheduled probe. Last, a backlog in the kernel (at least 5 requests in an update
+that had waited too long to serve, `read_late`) halves the limit at each update it lasts: what
+runs would take the CPU the backlog needs, and new connections wait behind it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ _CONGESTION_EXPIRES = 2.0  # seconds without an update (none finished, none held
 # every congested update.
 _CLOCK_RESOLUTION = max(time.get_clock_info("monotonic").resolution, 1e-9)
 _RATE_WINDOWS = 10  # updates (1 s at the default interval) whose completion rates the first probe fits the limit to
+# Requests read too late to serve, in one update, that show a backlog in the kernel rather than a
+# blip (a stall leaves thousands; a steady 3x flood a few in a whole run).
+_BACKLOG_READS = 5
 
 
 class GradientLimit:
@@ -87,6 +92,7 @@ class GradientLimit:
         self._next_probe = now + _FIRST_PROBE_AFTER
         self._congested = False
         self._late_updates = 0  # consecutive updates whose loop lateness reached _SWAMPED_LAG
+        self._late_reads = 0  # requests this window that had waited in the kernel too long to serve
 
     @property
     def limit(self) -> int:
@@ -114,6 +120,10 @@ class GradientLimit:
     def held_back(self) -> None:
         """A request found no free slot (it queues, or is refused)."""
         self._held_back = True
+
+    def read_late(self) -> None:
+        """A request had waited in the kernel too long to serve: the process is behind on reading."""
+        self._late_reads += 1
 
     def tick(self, now: float, in_flight: int) -> None:
         """Keep time (called as requests ask for a slot, or are refused at the door).
@@ -155,10 +165,17 @@ class GradientLimit:
             # For the first probe's fit. Fewer says little about a rate, and a window stretched over
             # idle time understates it.
             self._rates.append(len(window) / max(now - self._window_started, self._policy.update_interval))
+        late_reads = self._late_reads
         self._new_window(now)
         lag = self._loop_lag()
         self._congested = saturated and lag >= self._policy.congested_lag
         self._late_updates = self._late_updates + 1 if lag >= _SWAMPED_LAG else 0
+        if late_reads >= _BACKLOG_READS:
+            # A backlog in the kernel (after a stall): new connections wait behind it for seconds,
+            # and what runs here takes the CPU that would drain it. Halve the limit each update it
+            # lasts; it grows back as usual once reads are prompt again (docs/overload.md, stop 28).
+            self._limit = max(float(self._policy.min_limit), min(self._limit, float(busiest)) / 2)
+            return
         if self._late_updates >= _SWAMPED_UPDATES and not saturated:
             # Swamped below the limit (a stall, a burst the loop cannot even read): growing would
             # admit all it reads and refuse nothing. Hold the limit at what is in flight, so the
@@ -201,6 +218,7 @@ class GradientLimit:
 
     def _new_window(self, now: float) -> None:
         self._window, self._busiest, self._held_back, self._window_started = [], 0, False, now
+        self._late_reads = 0
         self._next_update = now + self._policy.update_interval
 
     def _start_probe(self, now: float) -> None:

@@ -133,6 +133,10 @@ class Limiter:
         self._gradient.held_back()
         self._tick(self._clock.monotonic())
 
+    def read_late(self) -> None:
+        """The server read a request that had waited in the kernel too long to serve (`ShedGate`)."""
+        self._gradient.read_late()
+
     def _tick(self, now: float) -> None:
         limit = self._gradient.limit
         self._gradient.tick(now, self._in_flight)

@@ -307,6 +307,25 @@ async def test_a_request_that_waited_in_the_kernel_past_max_read_wait_is_refused
     assert not server.limiter._gradient._held_back  # a late read says nothing about the limit
 
 
+@pytest.mark.parametrize("server", [{"max_read_wait": MAX_READ_WAIT}], indirect=True)
+async def test_a_late_request_refused_for_a_full_limit_still_tells_the_limiter_it_was_read_late(server, monkeypatch):
+    # While the door refuses everything as queue_full, a backlog in the kernel must still lower the limit.
+    late_reads: list[None] = []
+    monkeypatch.setattr(server.limiter, "read_late", lambda: late_reads.append(None))
+    held = server.limiter.try_acquire()
+    assert held is not None
+    async with connection(server.port) as (reader, writer):
+        writer.write(GET_HEALTHZ)
+        assert (await read_answer(reader)).status == 200
+        writer.write(post({"n": 1}))
+        time.sleep(MAX_READ_WAIT + 0.3)  # noqa: ASYNC251 - blocking the loop is the point
+        assert (await read_answer(reader)).status == 503
+        writer.write(post({"n": 2}))  # prompt, and refused: the limit is still full
+        assert (await read_answer(reader)).status == 503
+    assert server.shed_counts() == (2, 2) and len(late_reads) == 1
+    held.release(completed=False)
+
+
 async def test_a_request_let_through_that_never_asks_for_a_slot_leaves_no_slot_taken(server):
     async with connection(server.port) as (reader, writer):
         writer.write(post({"text": "x" * MAX_BODY}))  # let through to the app, which answers 413 before admission

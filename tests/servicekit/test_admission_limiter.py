@@ -828,3 +828,22 @@ async def test_a_release_hands_the_slot_on_even_if_the_limit_arithmetic_fails(mo
     await asyncio.sleep(0)
     assert queued.done() and lim.in_flight == 1  # ...and the next in line has the slot
     queued.result().release(completed=False)
+
+
+def test_a_backlog_in_the_kernel_halves_the_limit_each_update_until_reads_are_prompt_again():
+    # After a stall the kernel holds thousands of requests read too late to serve: new connections
+    # wait behind them for seconds, and what runs takes the CPU that would drain them.
+    clock = FakeClock()
+    lim = limiter(clock, initial_limit=40, min_limit=3, probe_samples=5, max_limit=200)
+    probe(lim, clock, 0.002)
+    before = settle(lim, clock, 0.002)
+    for _ in range(4):  # a few late reads in an update are a blip, not a backlog
+        lim.read_late()
+    assert settle(lim, clock, 0.002, rounds=1) >= before
+    limits = []
+    for _ in range(3):
+        for _ in range(5):
+            lim.read_late()
+        limits.append(settle(lim, clock, 0.002, rounds=1))
+    assert limits[0] <= before and limits[1] <= limits[0] // 2 + 1 and limits[2] <= limits[1] // 2 + 1
+    assert settle(lim, clock, 0.002) > 2 * limits[-1]  # reads are prompt again: it grows back
