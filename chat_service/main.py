@@ -169,7 +169,7 @@ def create_app(
                     on_event=admission_metrics.on_event,
                     metrics=metrics,
                     max_body_bytes=settings.max_body_bytes,
-                    max_read_wait=settings.admission.max_read_wait or None,
+                    max_read_wait=settings.admission.max_read_wait,
                 ),
                 "connection_events": connection_events,
                 "authenticator": authenticator,

@@ -165,6 +165,7 @@ _STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
 # struct tcp_info: eight one-byte fields, then u32s; tcpi_last_data_recv is the twelfth (ms).
 _LAST_DATA_RECV = slice(52, 56)
+_NOT_LOOKED_UP: Any = object()
 
 
 def _tcp_socket(transport: asyncio.BaseTransport) -> Any:
@@ -208,7 +209,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._idle = True  # no request between its first byte and its response
         self._reading_headers = False
         self._refusal: tuple[Refusal, bool] | None = None  # refused at the door (keep-alive?); body being discarded
-        self._tcp: Any = None  # the connection's socket, for how long a request waited in the kernel
+        # The connection's TCP socket (None: not TCP), looked up when the gate first asks how long a
+        # request waited in the kernel: most connections, and every one of a service without a
+        # gate, never need it.
+        self._tcp: Any = _NOT_LOOKED_UP
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         assert self._cap is not None
@@ -219,7 +223,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
-        self._tcp = _tcp_socket(transport)
         self._arm_read_timer()
 
     def _make_room(self) -> bool:
@@ -266,6 +269,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def _read_wait(self) -> float | None:
+        if self._tcp is _NOT_LOOKED_UP:
+            self._tcp = _tcp_socket(self.transport)
         return None if self._tcp is None else _since_last_bytes(self._tcp)
 
     def on_body(self, body: bytes) -> None:

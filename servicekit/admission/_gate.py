@@ -82,7 +82,7 @@ class ShedGate:
     `routes` are the middleware's: (method, exact path). Left to the app, as before: a request
     that carries `Origin` (its CORS middleware must add its headers to any answer a browser may
     read) and one whose declared body is over `max_body_bytes` (it answers 413 whatever the load).
-    `max_read_wait`: refuse a request that waited this many seconds in the kernel (None: never).
+    `max_read_wait`: refuse a request that waited this many seconds in the kernel (None or 0: never).
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class ShedGate:
         return None
 
     def _late(self, read_wait: Callable[[], float | None] | None) -> bool:
-        if self._max_read_wait is None or read_wait is None:
+        if not self._max_read_wait or read_wait is None:
             return False
         waited = read_wait()
         return waited is not None and waited >= self._max_read_wait
